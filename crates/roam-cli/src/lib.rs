@@ -1,0 +1,9 @@
+//! The pieces of the `roam` command that tests and benchmarks share: the record format of
+//! message and reply files, and the commands themselves.
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod commands;
+pub mod demo;
+pub mod records;
+pub mod workloads;

@@ -1,0 +1,221 @@
+//! `roam`: prepare worker modules, run workers through capture and restore, inspect snapshots.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use roam_cli::commands::{self, ExecOptions};
+use roam_runtime::WorkerLimits;
+
+#[derive(Parser)]
+#[command(
+    name = "roam",
+    version,
+    about = "Move running WebAssembly workers between device, edge and cloud"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a module against the worker contract and write it with all of its state exported.
+    Prepare {
+        /// The worker module.
+        input: PathBuf,
+        /// Where to write the prepared module.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Run a worker over a file of messages and write its replies.
+    Exec {
+        /// The worker module (prepared or not).
+        worker: PathBuf,
+        /// Messages: records of a u32 little-endian length, then that many bytes.
+        #[arg(long)]
+        messages: PathBuf,
+        /// Where to write every reply, in the same record format.
+        #[arg(long)]
+        out: PathBuf,
+        /// After every N messages, capture the worker, encode the snapshot, and restore it into
+        /// a fresh worker in a fresh engine before going on.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        checkpoint_every: Option<u64>,
+        /// Write the worker's final snapshot to this file.
+        #[arg(long, value_name = "FILE")]
+        save_snapshot: Option<PathBuf>,
+        /// Start from this snapshot instead of a fresh worker.
+        #[arg(long, value_name = "FILE")]
+        restore: Option<PathBuf>,
+        /// Largest memory the worker may have (e.g. 256MiB, 1GiB).
+        #[arg(long, default_value = "1GiB", value_parser = commands::parse_size)]
+        max_memory: u64,
+        /// Longest one message may run, in seconds.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        /// Print what was done as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the demo: a physics worker captured and restored while it runs.
+    Demo {
+        /// Where the example workers are (`cargo xtask build-workers` puts them in target/workers).
+        #[arg(long, default_value = "target/workers")]
+        workers: PathBuf,
+        /// Cubes in the scene.
+        #[arg(long, default_value_t = 400)]
+        cubes: u32,
+        /// Frames to simulate.
+        #[arg(long, default_value_t = 240)]
+        frames: u32,
+        /// Frames between two capture/restore cycles.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+        move_every: u32,
+    },
+    /// Run a benchmark and write its results.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["core"])]
+        which: String,
+        /// Where the example workers are.
+        #[arg(long, default_value = "target/workers")]
+        workers: PathBuf,
+        /// Where to write the results (JSON and markdown).
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// Work with snapshot files.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Check a snapshot file and print its manifest.
+    Inspect {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("roam: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Prepare { input, output } => {
+            let info = commands::prepare(&input, &output)?;
+            println!(
+                "prepared {} -> {}: {} mutable globals, {} tables, {} table functions exported",
+                input.display(),
+                output.display(),
+                info.globals.len(),
+                info.tables.len(),
+                info.table_funcs.len()
+            );
+        }
+        Command::Exec {
+            worker,
+            messages,
+            out,
+            checkpoint_every,
+            save_snapshot,
+            restore,
+            max_memory,
+            timeout,
+            json,
+        } => {
+            if !(timeout.is_finite() && timeout > 0.0) {
+                anyhow::bail!("--timeout must be a positive number of seconds");
+            }
+            let options = ExecOptions {
+                worker,
+                messages,
+                out,
+                checkpoint_every,
+                save_snapshot,
+                restore,
+                limits: WorkerLimits {
+                    max_memory,
+                    message_timeout: Duration::from_secs_f64(timeout),
+                    ..WorkerLimits::default()
+                },
+            };
+            let report = commands::exec(&options, &mut |r| {
+                eprintln!(
+                    "  … {} messages, {} replies, {} checkpoints",
+                    r.messages, r.replies, r.checkpoints
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{} messages, {} replies, {} checkpoints (in all: capture {:.1} ms, fresh engine + load {:.1} ms, restore {:.1} ms), memory {} bytes",
+                    report.messages,
+                    report.replies,
+                    report.checkpoints,
+                    report.capture_ms,
+                    report.load_ms,
+                    report.restore_ms,
+                    report.memory_bytes
+                );
+            }
+        }
+        Command::Demo {
+            workers,
+            cubes,
+            frames,
+            move_every,
+        } => {
+            let options = roam_cli::demo::DemoOptions {
+                cubes,
+                frames,
+                move_every,
+            };
+            roam_cli::demo::run(&workers, &options, &mut std::io::stdout())?;
+        }
+        Command::Bench {
+            which,
+            workers,
+            out,
+        } => {
+            debug_assert_eq!(which, "core");
+            let results = roam_cli::bench::core(&workers, &out)?;
+            print!("{}", roam_cli::bench::markdown(&results));
+            eprintln!("results written to {}", out.join("core.json").display());
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Inspect { file, json },
+        } => {
+            let inspection = commands::inspect(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&inspection)?);
+            } else {
+                commands::print_inspection(&inspection, &mut std::io::stdout())?;
+            }
+        }
+    }
+    Ok(())
+}

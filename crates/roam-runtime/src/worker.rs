@@ -1,0 +1,431 @@
+//! A running worker: message delivery, capture between messages, restore into a fresh
+//! instance.
+//!
+//! A worker is only ever captured between two `roam_on_message` calls — the event-loop idle
+//! point of a Web Worker — so no wasm stack is captured: memory, mutable globals, tables,
+//! the clock and the message count are the whole state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roam_snapshot::{GlobalValue, Snapshot, State, TableState};
+use wasmtime::{Func, Global, Instance, Memory, Ref, Store, Table, Trap, TypedFunc, Val};
+
+use crate::error::{CaptureError, DeliverError, Failure, RestoreError, StartError};
+use crate::host::{
+    Host, MemoryLimitExceeded, PostOutOfBounds, ReplyLimitExceeded, WorkerClock, WorkerExit,
+};
+use crate::module::{Runtime, WorkerModule};
+use crate::WorkerLimits;
+
+const PAGE: u64 = 65536;
+
+/// A live worker in its own wasmtime store.
+pub struct Worker {
+    runtime: Runtime,
+    module: Arc<WorkerModule>,
+    store: Store<Host>,
+    instance: Instance,
+    memory: Memory,
+    alloc: TypedFunc<i32, i32>,
+    on_message: TypedFunc<(i32, i32), ()>,
+    /// The module's mutable globals, in index order (the snapshot's order).
+    globals: Vec<(u32, Global)>,
+    tables: Vec<Table>,
+    /// Every function that can sit in a table, by function index, and the reverse map from
+    /// its raw funcref pointer (stable for the life of the store) to that index.
+    table_funcs: HashMap<u32, Func>,
+    func_index_by_ref: HashMap<usize, u32>,
+    last_seq: u64,
+    failure: Option<Failure>,
+}
+
+impl Worker {
+    pub(crate) fn start(runtime: Runtime, module: Arc<WorkerModule>) -> Result<Worker, StartError> {
+        let mut worker = Worker::instantiate(runtime, module, WorkerClock::starting_at(0))
+            .map_err(StartError::Instantiate)?;
+        let info = worker.module.info();
+        let mut inits = Vec::new();
+        if info.has_initialize {
+            inits.push("_initialize");
+        }
+        if info.has_init {
+            inits.push("roam_init");
+        }
+        for name in inits {
+            let init = worker
+                .instance
+                .get_typed_func::<(), ()>(&mut worker.store, name)
+                .map_err(|e| StartError::Instantiate(e.to_string()))?;
+            worker.arm_deadline();
+            if let Err(e) = init.call(&mut worker.store, ()) {
+                return Err(StartError::Init(worker.fail(e)));
+            }
+        }
+        Ok(worker)
+    }
+
+    pub(crate) fn restore(
+        runtime: Runtime,
+        module: Arc<WorkerModule>,
+        snapshot: &Snapshot,
+    ) -> Result<Worker, RestoreError> {
+        let limits = runtime.shared.config.limits.clone();
+        snapshot.check_against(module.layout(), limits.max_memory)?;
+        let manifest = &snapshot.manifest;
+        let mut worker = Worker::instantiate(
+            runtime,
+            module.clone(),
+            WorkerClock::starting_at(manifest.clock_ns),
+        )
+        .map_err(RestoreError::Instantiate)?;
+
+        let pages = manifest.memory_size / PAGE;
+        let current = worker.memory.size(&worker.store);
+        if pages > current {
+            worker
+                .memory
+                .grow(&mut worker.store, pages - current)
+                .map_err(|e| RestoreError::State(format!("cannot grow memory: {e}")))?;
+        } else if pages < current {
+            // check_against refuses a memory below the module's minimum, and a fresh instance
+            // has exactly the minimum.
+            return Err(RestoreError::State(format!(
+                "snapshot memory of {pages} pages is below the fresh instance's {current}"
+            )));
+        }
+        snapshot.restore_memory(
+            worker.memory.data_mut(&mut worker.store),
+            &module.info().data_ranges,
+        )?;
+
+        for ((index, global), value) in worker.globals.iter().zip(&manifest.globals) {
+            let val = match *value {
+                GlobalValue::I32(v) => Val::I32(v),
+                GlobalValue::I64(v) => Val::I64(v),
+                GlobalValue::F32(v) => Val::F32(v),
+                GlobalValue::F64(v) => Val::F64(v),
+                GlobalValue::V128(v) => Val::V128(v.into()),
+                GlobalValue::FuncRef(f) => {
+                    Val::FuncRef(f.map(|i| worker.table_func(i)).transpose()?)
+                }
+            };
+            global
+                .set(&mut worker.store, val)
+                .map_err(|e| RestoreError::State(format!("cannot set global {index}: {e}")))?;
+        }
+
+        for (t, (table, state)) in worker.tables.iter().zip(&manifest.tables).enumerate() {
+            let want = state.elements.len() as u64;
+            let have = table.size(&worker.store);
+            if want > have {
+                table
+                    .grow(&mut worker.store, want - have, Ref::Func(None))
+                    .map_err(|e| RestoreError::State(format!("cannot grow table {t}: {e}")))?;
+            }
+            for (i, element) in state.elements.iter().enumerate() {
+                let func = element.map(|f| worker.table_func(f)).transpose()?;
+                table
+                    .set(&mut worker.store, i as u64, Ref::Func(func))
+                    .map_err(|e| RestoreError::State(format!("cannot set table {t}: {e}")))?;
+            }
+        }
+        worker.last_seq = manifest.last_seq;
+        Ok(worker)
+    }
+
+    fn table_func(&self, index: u32) -> Result<Func, RestoreError> {
+        self.table_funcs.get(&index).copied().ok_or_else(|| {
+            RestoreError::State(format!(
+                "function {index} cannot be placed in a table: the module never puts it in one"
+            ))
+        })
+    }
+
+    fn instantiate(
+        runtime: Runtime,
+        module: Arc<WorkerModule>,
+        clock: WorkerClock,
+    ) -> Result<Worker, String> {
+        let limits = &runtime.shared.config.limits;
+        let mut store = Store::new(&runtime.shared.engine, Host::new(limits, clock));
+        store.limiter(|host| &mut host.limiter);
+        // Instantiation runs data initialisers and a start function: give it the same
+        // time limit as a message.
+        store.set_epoch_deadline(deadline_ticks(limits, &runtime));
+        store.epoch_deadline_trap();
+        let instance = module
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| e.to_string())?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or("the module exports no memory named `memory`")?;
+        store.data_mut().memory = Some(memory);
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "roam_alloc")
+            .map_err(|e| format!("roam_alloc: {e}"))?;
+        let on_message = instance
+            .get_typed_func::<(i32, i32), ()>(&mut store, "roam_on_message")
+            .map_err(|e| format!("roam_on_message: {e}"))?;
+        let info = module.info();
+        let globals = info
+            .globals
+            .iter()
+            .map(|g| {
+                instance
+                    .get_global(&mut store, &g.export)
+                    .map(|global| (g.index, global))
+                    .ok_or_else(|| format!("prepared module lacks export {}", g.export))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tables = info
+            .tables
+            .iter()
+            .map(|t| {
+                instance
+                    .get_table(&mut store, &t.export)
+                    .ok_or_else(|| format!("prepared module lacks export {}", t.export))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut table_funcs = HashMap::with_capacity(info.table_funcs.len());
+        let mut func_index_by_ref = HashMap::with_capacity(info.table_funcs.len());
+        for f in &info.table_funcs {
+            let func = instance
+                .get_func(&mut store, &f.export)
+                .ok_or_else(|| format!("prepared module lacks export {}", f.export))?;
+            func_index_by_ref.insert(func.to_raw(&mut store) as usize, f.index);
+            table_funcs.insert(f.index, func);
+        }
+        Ok(Worker {
+            runtime,
+            module,
+            store,
+            instance,
+            memory,
+            alloc,
+            on_message,
+            globals,
+            tables,
+            table_funcs,
+            func_index_by_ref,
+            last_seq: 0,
+            failure: None,
+        })
+    }
+
+    /// Delivers one message and returns the replies the worker posted while handling it.
+    pub fn deliver(&mut self, message: &[u8]) -> Result<Replies<'_>, DeliverError> {
+        if let Some(failure) = &self.failure {
+            return Err(DeliverError::AlreadyFailed(failure.clone()));
+        }
+        let len = i32::try_from(message.len())
+            .map_err(|_| DeliverError::TooLarge { len: message.len() })?;
+        self.store.data_mut().outbox.clear();
+        self.arm_deadline();
+        let ptr = match self.alloc.call(&mut self.store, len) {
+            Ok(ptr) => ptr,
+            Err(e) => return Err(DeliverError::Failed(self.fail(e))),
+        };
+        if self
+            .memory
+            .write(&mut self.store, ptr as u32 as usize, message)
+            .is_err()
+        {
+            let failure = Failure::BadBuffer {
+                ptr: ptr as u32,
+                len: len as u32,
+            };
+            self.failure = Some(failure.clone());
+            return Err(DeliverError::Failed(failure));
+        }
+        if let Err(e) = self.on_message.call(&mut self.store, (ptr, len)) {
+            return Err(DeliverError::Failed(self.fail(e)));
+        }
+        self.last_seq += 1;
+        let outbox = &self.store.data().outbox;
+        Ok(Replies {
+            data: &outbox.data,
+            bounds: outbox.bounds.iter(),
+        })
+    }
+
+    /// Captures the worker's whole state. Only possible between messages, which is the only
+    /// time a caller holding `&mut self` can ask.
+    pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
+        if let Some(failure) = &self.failure {
+            return Err(CaptureError::Failed(failure.clone()));
+        }
+        let mut globals = Vec::with_capacity(self.globals.len());
+        for (index, global) in &self.globals {
+            let value = match global.get(&mut self.store) {
+                Val::I32(v) => GlobalValue::I32(v),
+                Val::I64(v) => GlobalValue::I64(v),
+                Val::F32(v) => GlobalValue::F32(v),
+                Val::F64(v) => GlobalValue::F64(v),
+                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+                Val::FuncRef(None) => GlobalValue::FuncRef(None),
+                Val::FuncRef(Some(f)) => {
+                    let raw = f.to_raw(&mut self.store) as usize;
+                    match self.func_index_by_ref.get(&raw) {
+                        Some(&i) => GlobalValue::FuncRef(Some(i)),
+                        None => {
+                            return Err(CaptureError::UnsupportedGlobal {
+                                index: *index,
+                                kind: "a function the module never puts in a table",
+                            })
+                        }
+                    }
+                }
+                _ => {
+                    return Err(CaptureError::UnsupportedGlobal {
+                        index: *index,
+                        kind: "a reference other than funcref",
+                    })
+                }
+            };
+            globals.push(value);
+        }
+        let mut tables = Vec::with_capacity(self.tables.len());
+        for (t, table) in self.tables.iter().enumerate() {
+            let size = table.size(&self.store);
+            let mut elements = Vec::with_capacity(size as usize);
+            for i in 0..size {
+                let element = match table.get(&mut self.store, i) {
+                    Some(Ref::Func(None)) | None => None,
+                    Some(Ref::Func(Some(f))) => {
+                        let raw = f.to_raw(&mut self.store) as usize;
+                        Some(*self.func_index_by_ref.get(&raw).ok_or(
+                            CaptureError::UnknownTableFunction {
+                                table: t as u32,
+                                element: i,
+                            },
+                        )?)
+                    }
+                    Some(_) => {
+                        return Err(CaptureError::UnknownTableFunction {
+                            table: t as u32,
+                            element: i,
+                        })
+                    }
+                };
+                elements.push(element);
+            }
+            tables.push(TableState { elements });
+        }
+        let state = State {
+            module_hash: *self.module.hash(),
+            globals,
+            tables,
+            last_seq: self.last_seq,
+            clock_ns: self.store.data().clock.now_ns(),
+        };
+        let chunk_size = self.runtime.shared.config.chunk_size;
+        Ok(Snapshot::capture(
+            self.memory.data(&self.store),
+            chunk_size,
+            state,
+        )?)
+    }
+
+    /// How many messages this worker has handled since it first started, across restores.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The module this worker runs.
+    pub fn module(&self) -> &Arc<WorkerModule> {
+        &self.module
+    }
+
+    /// The worker's linear memory as it is now.
+    pub fn memory(&self) -> &[u8] {
+        self.memory.data(&self.store)
+    }
+
+    /// Why the worker failed, if it did.
+    pub fn failure(&self) -> Option<&Failure> {
+        self.failure.as_ref()
+    }
+
+    /// The limits the worker runs under.
+    pub fn limits(&self) -> &WorkerLimits {
+        &self.runtime.shared.config.limits
+    }
+
+    /// Takes the lines the worker wrote to stdout and stderr so far (the last 256 are kept).
+    pub fn take_log(&mut self) -> Vec<String> {
+        self.store.data_mut().log.lines.drain(..).collect()
+    }
+
+    fn arm_deadline(&mut self) {
+        let ticks = deadline_ticks(&self.runtime.shared.config.limits, &self.runtime);
+        self.store.set_epoch_deadline(ticks);
+    }
+
+    /// Records why a call failed; the worker takes no more messages after this.
+    fn fail(&mut self, error: wasmtime::Error) -> Failure {
+        let limits = &self.runtime.shared.config.limits;
+        let host = self.store.data();
+        let failure = if let Some(requested) = host.limiter.denied_memory {
+            Failure::MemoryLimit {
+                limit: limits.max_memory,
+                requested,
+            }
+        } else if let Some(limit) = error.downcast_ref::<MemoryLimitExceeded>() {
+            Failure::MemoryLimit {
+                limit: limit.limit,
+                requested: limit.requested,
+            }
+        } else if let Some(WorkerExit(code)) = error.downcast_ref::<WorkerExit>() {
+            Failure::Exited { code: *code }
+        } else if let Some(ReplyLimitExceeded(limit)) = error.downcast_ref::<ReplyLimitExceeded>() {
+            Failure::ReplyTooLarge { limit: *limit }
+        } else if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+            Failure::TimeLimit {
+                limit: limits.message_timeout,
+            }
+        } else if let Some(post) = error.downcast_ref::<PostOutOfBounds>() {
+            Failure::Trap {
+                message: post.to_string(),
+            }
+        } else {
+            Failure::Trap {
+                message: format!("{error:?}"),
+            }
+        };
+        tracing::warn!(module = %hex_prefix(self.module.hash()), "worker failed: {failure}");
+        self.failure = Some(failure.clone());
+        failure
+    }
+}
+
+fn deadline_ticks(limits: &WorkerLimits, runtime: &Runtime) -> u64 {
+    let tick = runtime.shared.config.epoch_tick.as_nanos().max(1);
+    // One tick more than the limit: the first tick may come at any point of the current one.
+    (limits.message_timeout.as_nanos() / tick) as u64 + 1
+}
+
+fn hex_prefix(hash: &[u8; 32]) -> String {
+    hash[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The replies a worker posted while handling one message, in the order it posted them.
+pub struct Replies<'a> {
+    data: &'a [u8],
+    bounds: std::slice::Iter<'a, (usize, usize)>,
+}
+
+impl<'a> Iterator for Replies<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        self.bounds.next().map(|&(a, b)| &self.data[a..b])
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.bounds.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Replies<'_> {}
