@@ -104,8 +104,12 @@ pub struct WorkerRow {
     pub nonzero_bytes: u64,
     /// Encoded snapshot size.
     pub snapshot_bytes: u64,
-    /// Median capture + encode time, ms.
+    /// Median capture (hash + compress) time, ms.
     pub capture_ms: f64,
+    /// Memory bytes captured per second, GB/s (10^9).
+    pub capture_gb_per_s: f64,
+    /// Median time to encode the snapshot to bytes, ms.
+    pub encode_ms: f64,
     /// Median decode + restore time (fresh instance, module already loaded), ms.
     pub restore_ms: f64,
     /// Median time of one message of the workload, ms.
@@ -313,13 +317,16 @@ fn worker_row(
             .deliver(m)
             .with_context(|| format!("{name}: warm-up message"))?;
     }
-    let (mut captures, mut restores, mut messages) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut captures, mut encodes) = (Vec::new(), Vec::new());
+    let (mut restores, mut messages) = (Vec::new(), Vec::new());
     let mut last = None;
     for _ in 0..RUNS {
         let started = Instant::now();
         let snapshot = worker.capture()?;
-        let bytes = snapshot.encode();
         captures.push(ms(started.elapsed()));
+        let started = Instant::now();
+        let bytes = snapshot.encode();
+        encodes.push(ms(started.elapsed()));
         let started = Instant::now();
         let decoded = runtime.decode_snapshot(&bytes)?;
         let mut restored = runtime.restore(&module, &decoded)?;
@@ -337,6 +344,7 @@ fn worker_row(
         last = Some((snapshot.stats(), bytes.len() as u64));
     }
     let (stats, snapshot_bytes) = last.expect("RUNS > 0");
+    let capture_ms = median(captures);
     Ok(WorkerRow {
         worker: name.into(),
         workload,
@@ -344,7 +352,9 @@ fn worker_row(
         memory_bytes: worker.memory().len() as u64,
         nonzero_bytes: stats.nonzero_bytes,
         snapshot_bytes,
-        capture_ms: median(captures),
+        capture_ms,
+        capture_gb_per_s: worker.memory().len() as f64 / (capture_ms / 1e3) / 1e9,
+        encode_ms: median(encodes),
         restore_ms: median(restores),
         message_ms: median(messages),
     })
@@ -398,10 +408,10 @@ pub fn markdown(r: &CoreResults) -> String {
             m.worker, m.message_bytes, m.messages_per_s
         );
     }
-    s += "\n## Example workers\n\n| worker | workload | module | memory | non-zero | snapshot | capture + encode | decode + restore | next message |\n|---|---|---|---|---|---|---|---|---|\n";
+    s += "\n## Example workers\n\n| worker | workload | module | memory | non-zero | snapshot | capture | throughput | encode | decode + restore | next message |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
     for w in &r.workers {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms |\n",
+            "| {} | {} | {} | {} | {} | {} | {:.2} ms | {:.2} GB/s | {:.2} ms | {:.2} ms | {:.2} ms |\n",
             w.worker,
             w.workload,
             mib(w.module_bytes),
@@ -409,6 +419,8 @@ pub fn markdown(r: &CoreResults) -> String {
             mib(w.nonzero_bytes),
             mib(w.snapshot_bytes),
             w.capture_ms,
+            w.capture_gb_per_s,
+            w.encode_ms,
             w.restore_ms,
             w.message_ms
         );

@@ -239,3 +239,33 @@ fn hand_built_manifest_with_no_chunks_reassembles() {
     };
     assert_eq!(snap, Snapshot::capture(&vec![0u8; PAGE], CHUNK, s).unwrap());
 }
+
+#[test]
+fn large_memories_capture_alike_whatever_the_split() {
+    // 24 MiB: captured in segments on several threads on native targets. The same content
+    // in both halves must be stored once, and every index must name its own chunk.
+    let chunk = DEFAULT_CHUNK_SIZE as usize;
+    let mut memory = vec![0u8; 24 << 20];
+    let half = memory.len() / 2;
+    for (i, c) in memory[..half].chunks_exact_mut(chunk).enumerate() {
+        if i % 3 != 0 {
+            c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            c[chunk - 1] = 0x5a;
+        }
+    }
+    let (first, second) = memory.split_at_mut(half);
+    second.copy_from_slice(first);
+    let snapshot = Snapshot::capture(&memory, DEFAULT_CHUNK_SIZE, state()).unwrap();
+    let stats = snapshot.stats();
+    assert_eq!(stats.chunks, 2 * stats.unique_chunks, "each content twice");
+    let indices: Vec<u32> = snapshot.manifest.chunks.iter().map(|c| c.index).collect();
+    assert!(
+        indices.windows(2).all(|w| w[0] < w[1]),
+        "ascending and unique"
+    );
+    let bytes = snapshot.encode();
+    let decoded = Snapshot::decode(&bytes, &DecodeLimits::default()).unwrap();
+    let mut restored = vec![0u8; memory.len()];
+    decoded.restore_memory(&mut restored, &[]).unwrap();
+    assert!(restored == memory, "restored memory differs");
+}
