@@ -62,7 +62,7 @@ fn exec(dir: &Path, wasm: &Path, messages: &[u8], extra: &[&str]) -> Vec<u8> {
         "--out".as_ref(),
         out.as_os_str(),
     ];
-    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     ok(roam(&args));
     std::fs::read(out).unwrap()
 }

@@ -34,6 +34,14 @@ pub enum Failure {
         /// The exit code it passed to `proc_exit`.
         code: i32,
     },
+    /// the worker could not allocate a buffer for a {len}-byte message (roam_alloc returned 0)
+    #[error(
+        "the worker could not allocate a buffer for a {len}-byte message (roam_alloc returned 0)"
+    )]
+    AllocFailed {
+        /// The message length.
+        len: u32,
+    },
     /// the worker returned a message buffer outside its memory (pointer {ptr:#x}, length {len})
     #[error(
         "the worker returned a message buffer outside its memory (pointer {ptr:#x}, length {len})"

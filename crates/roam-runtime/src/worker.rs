@@ -227,6 +227,11 @@ impl Worker {
             Ok(ptr) => ptr,
             Err(e) => return Err(DeliverError::Failed(self.fail(e))),
         };
+        if ptr == 0 && len > 0 {
+            let failure = Failure::AllocFailed { len: len as u32 };
+            self.failure = Some(failure.clone());
+            return Err(DeliverError::Failed(failure));
+        }
         if self
             .memory
             .write(&mut self.store, ptr as u32 as usize, message)

@@ -140,3 +140,22 @@ fn a_bad_buffer_from_roam_alloc_fails_the_worker() {
         })
     );
 }
+
+#[test]
+fn a_worker_that_cannot_allocate_fails_instead_of_being_overwritten() {
+    let wat = r#"(module
+      (memory (export "memory") 1)
+      (func (export "roam_alloc") (param i32) (result i32) (i32.const 0))
+      (func (export "roam_on_message") (param i32 i32)))"#;
+    let rt = runtime_with(WorkerLimits::default());
+    let module = rt.load(&wat::parse_str(wat).unwrap()).unwrap();
+    let mut worker = rt.start(&module).unwrap();
+    // An empty message needs no buffer.
+    assert!(worker.deliver(&[]).is_ok());
+    let err = worker.deliver(&[1, 2, 3]).err().expect("fails");
+    assert_eq!(err.failure(), Some(&Failure::AllocFailed { len: 3 }));
+    assert!(
+        worker.memory()[..3].iter().all(|&b| b == 0),
+        "nothing written at 0"
+    );
+}
