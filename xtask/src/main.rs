@@ -88,6 +88,8 @@ fn test() -> Result<()> {
         "roam-prepare",
         "-p",
         "roam-worker",
+        "-p",
+        "roam-proto",
     ]))?;
 
     // Debug: the workers' release profile uses LTO, which only slows a native test build.
@@ -138,7 +140,7 @@ fn bench(args: &[&str]) -> Result<()> {
 }
 
 fn fuzz(args: &[&str]) -> Result<()> {
-    let targets = ["snapshot_decode", "prepare"];
+    let targets = ["frame_decode", "prepare", "snapshot_decode"];
     let chosen: Vec<&str> = match args.first() {
         Some(t) if targets.contains(t) => vec![*t],
         Some(t) => bail!("unknown fuzz target `{t}` (known: {})", targets.join(", ")),

@@ -1,0 +1,758 @@
+//! The state machines accept a well-ordered conversation and refuse every frame that is
+//! out of place, naming the frame and the state, with the code to send back.
+
+use roam_proto::{
+    ClientSession, ClientState, ErrorCode, Event, Frame, FrameLimits, NodeRole, NodeSession,
+    NodeState, PeerKind, ProtocolError, ReceiveStage, SendFrameError, SendStage,
+};
+
+use crate::samples;
+
+const W: u128 = 0xAAAA;
+const OTHER: u128 = 0xBBBB;
+const MODULE: [u8; 32] = [9; 32];
+
+/// A client and a node joined by a perfect wire.
+struct Link {
+    client: ClientSession,
+    node: NodeSession,
+}
+
+impl Link {
+    fn connected(role: NodeRole) -> Link {
+        let mut link = Link {
+            client: ClientSession::new(),
+            node: NodeSession::new(role),
+        };
+        let hello = ClientSession::hello(PeerKind::Client, "test");
+        assert!(matches!(
+            link.send_to_node(&hello),
+            Ok(Event::Hello { version: 1, .. })
+        ));
+        let welcome = Frame::Welcome {
+            version: 1,
+            node_id: "n".into(),
+            role,
+        };
+        assert!(matches!(
+            link.send_to_client(&welcome),
+            Ok(Event::Welcome { version: 1, .. })
+        ));
+        link
+    }
+
+    fn send_to_node<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
+        assert_eq!(&wire(frame), frame);
+        self.client.on_send(frame).expect("the client may send it");
+        self.node.on_frame(frame)
+    }
+
+    fn send_to_client<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
+        assert_eq!(&wire(frame), frame);
+        self.node.on_send(frame).expect("the node may send it");
+        self.client.on_frame(frame)
+    }
+
+    /// Client → node: StateBegin for `W` with a module of `module_len` bytes.
+    fn begin(&mut self, module_len: u32) {
+        let begin = state_begin(W, module_len);
+        assert!(matches!(
+            self.send_to_node(&begin),
+            Ok(Event::StateBegin { worker: W, .. })
+        ));
+    }
+
+    /// Node → client: StateNeed.
+    fn need(&mut self, module: bool, chunks: usize) {
+        let need = Frame::StateNeed {
+            worker: W,
+            module,
+            chunks: (0..chunks as u128).collect(),
+        };
+        assert!(matches!(
+            self.send_to_client(&need),
+            Ok(Event::StateNeed { worker: W, .. })
+        ));
+    }
+}
+
+fn wire(frame: &Frame) -> Frame {
+    Frame::decode(&frame.encode(), &FrameLimits::default()).expect("decodes")
+}
+
+fn state_begin(worker: u128, module_len: u32) -> Frame {
+    Frame::StateBegin {
+        worker,
+        module_hash: MODULE,
+        module_len,
+        owner: [1; 32],
+        token: None,
+        manifest: vec![0xAB; 64],
+    }
+}
+
+fn module_data(offset: u32, len: usize) -> Frame {
+    Frame::ModuleData {
+        module_hash: MODULE,
+        offset,
+        bytes: vec![0x61; len],
+    }
+}
+
+fn chunk_data(worker: u128, bodies: usize) -> Frame {
+    Frame::ChunkData {
+        worker,
+        bodies: vec![vec![1, 2, 3]; bodies],
+    }
+}
+
+fn receiving(node: &NodeSession) -> ReceiveStage {
+    match node.state() {
+        NodeState::ReceivingState(incoming) => incoming.stage,
+        other => panic!("not receiving: {other:?}"),
+    }
+}
+
+#[test]
+fn every_frame_but_hello_is_refused_before_hello() {
+    for frame in samples() {
+        let mut node = NodeSession::new(NodeRole::Cloud);
+        let result = node.on_frame(&frame);
+        if let Frame::Hello { .. } = frame {
+            continue; // the samples' versions are 0 and 65535: refused for the version
+        }
+        let err = result.expect_err(frame.name());
+        assert_eq!(err.code(), ErrorCode::UnexpectedFrame, "{}", frame.name());
+        let message = err.to_string();
+        assert!(message.contains(frame.name()), "{message}");
+        assert!(message.contains("AwaitHello"), "{message}");
+        assert!(
+            node.is_closed(),
+            "a peer that does not open with Hello is dropped"
+        );
+    }
+    let mut node = NodeSession::new(NodeRole::Edge);
+    let hello = ClientSession::hello(PeerKind::Node, "edge-a");
+    assert!(node.on_frame(&hello).is_ok());
+    assert_eq!(node.state(), &NodeState::Ready);
+    assert_eq!(node.peer(), Some(PeerKind::Node));
+}
+
+#[test]
+fn a_closed_session_refuses_everything() {
+    let mut link = Link::connected(NodeRole::Edge);
+    let bye = Frame::Goodbye {
+        reason: "done".into(),
+    };
+    assert!(matches!(
+        link.send_to_node(&bye),
+        Ok(Event::Goodbye { reason: "done" })
+    ));
+    assert!(link.node.is_closed() && link.client.is_closed());
+    for frame in samples() {
+        let err = link.node.on_frame(&frame).expect_err(frame.name());
+        assert!(err.to_string().contains("Closed"));
+    }
+}
+
+#[test]
+fn an_offload_in_the_right_order_is_accepted() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.send_to_node(&Frame::Ping { nonce: 5 }).unwrap();
+    link.begin(10);
+    assert_eq!(receiving(&link.node), ReceiveStage::Deciding);
+    link.need(true, 3);
+    assert_eq!(
+        receiving(&link.node),
+        ReceiveStage::Module {
+            received: 0,
+            chunks_due: 3
+        }
+    );
+    // Module pieces, contiguous; the last one completes the module.
+    for (offset, len, last) in [(0, 4, false), (4, 0, false), (4, 6, true)] {
+        let piece = module_data(offset, len);
+        match link.send_to_node(&piece).unwrap() {
+            Event::ModuleData {
+                worker: W,
+                offset: o,
+                complete,
+                ..
+            } => {
+                assert_eq!(o, offset);
+                assert_eq!(complete, last);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Ping is fine mid-transfer.
+    assert!(matches!(
+        link.send_to_node(&Frame::Ping { nonce: 6 }),
+        Ok(Event::Ping { nonce: 6 })
+    ));
+    link.send_to_node(&chunk_data(W, 2)).unwrap();
+    link.send_to_node(&chunk_data(W, 1)).unwrap();
+    assert_eq!(receiving(&link.node), ReceiveStage::Chunks { remaining: 0 });
+    assert_eq!(
+        link.send_to_node(&Frame::StateEnd { worker: W }),
+        Ok(Event::TransferComplete { worker: W })
+    );
+    assert_eq!(receiving(&link.node), ReceiveStage::Restoring);
+    assert!(matches!(
+        link.client.state(),
+        ClientState::SendingState {
+            stage: SendStage::AwaitAdopted,
+            ..
+        }
+    ));
+    let adopted = Frame::StateAdopted {
+        worker: W,
+        last_seq: 41,
+    };
+    assert_eq!(
+        link.send_to_client(&adopted),
+        Ok(Event::StateAdopted {
+            worker: W,
+            last_seq: 41
+        })
+    );
+    assert_eq!(link.node.state(), &NodeState::Ready);
+    assert_eq!(link.client.state(), &ClientState::Ready);
+    // The worker delivered on this connection may be used on it.
+    assert!(link.node.is_attached(W) && link.client.is_attached(W));
+    let post = Frame::Post {
+        worker: W,
+        seq: 42,
+        payload: b"next".to_vec(),
+    };
+    assert!(matches!(
+        link.send_to_node(&post),
+        Ok(Event::Post { seq: 42, .. })
+    ));
+    let handled = Frame::Handled {
+        worker: W,
+        seq: 42,
+        replies: 0,
+    };
+    assert!(link.send_to_client(&handled).is_ok());
+}
+
+#[test]
+fn a_transfer_without_the_module_goes_straight_to_chunks() {
+    let mut link = Link::connected(NodeRole::Cloud);
+    link.begin(1000);
+    link.need(false, 0);
+    assert_eq!(receiving(&link.node), ReceiveStage::Chunks { remaining: 0 });
+    let err = link.node.on_frame(&module_data(0, 10)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+    assert_eq!(
+        link.node.state(),
+        &NodeState::Ready,
+        "the transfer is abandoned"
+    );
+}
+
+#[test]
+fn out_of_order_module_pieces_are_refused() {
+    for (offset, expected) in [(5u32, 4u32), (2, 4), (0, 4)] {
+        let mut link = Link::connected(NodeRole::Edge);
+        link.begin(10);
+        link.need(true, 0);
+        link.send_to_node(&module_data(0, 4)).unwrap();
+        let err = link.node.on_frame(&module_data(offset, 2)).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::ModuleOffset {
+                worker: W,
+                expected,
+                found: offset
+            }
+        );
+        assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+        assert_eq!(err.worker(), Some(W));
+        assert_eq!(link.node.state(), &NodeState::Ready);
+    }
+}
+
+#[test]
+fn module_pieces_past_the_module_length_are_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(10);
+    link.need(true, 0);
+    link.send_to_node(&module_data(0, 8)).unwrap();
+    let err = link.node.on_frame(&module_data(8, 3)).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::ModuleOverrun { module_len: 10, .. }
+    ));
+    assert_eq!(err.code(), ErrorCode::Malformed);
+}
+
+#[test]
+fn module_pieces_of_another_module_are_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(10);
+    link.need(true, 0);
+    let wrong = Frame::ModuleData {
+        module_hash: [8; 32],
+        offset: 0,
+        bytes: vec![0; 10],
+    };
+    let err = link.node.on_frame(&wrong).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ModuleMismatch);
+}
+
+#[test]
+fn chunk_data_before_state_need_is_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(10);
+    let err = link.node.on_frame(&chunk_data(W, 1)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+    let message = err.to_string();
+    assert!(message.contains("ChunkData") && message.contains("ReceivingState(Deciding)"));
+    // Nor may the client send it before the node asked.
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(10);
+    assert!(matches!(
+        link.client.on_send(&chunk_data(W, 1)),
+        Err(SendFrameError::NotValid { .. })
+    ));
+}
+
+#[test]
+fn chunk_data_beyond_what_was_asked_for_is_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(0);
+    link.need(false, 2);
+    let err = link.node.on_frame(&chunk_data(W, 3)).unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::TooManyBodies {
+            count: 3,
+            remaining: 2,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn state_end_with_missing_module_bytes_is_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(10);
+    link.need(true, 0);
+    link.send_to_node(&module_data(0, 9)).unwrap();
+    let err = link
+        .node
+        .on_frame(&Frame::StateEnd { worker: W })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtocolError::ModuleIncomplete {
+            worker: W,
+            received: 9,
+            module_len: 10
+        }
+    );
+    assert!(err.to_string().contains("9 of the module's 10 bytes"));
+    assert_eq!(link.node.state(), &NodeState::Ready);
+}
+
+#[test]
+fn state_end_with_missing_chunks_is_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(0);
+    link.need(false, 2);
+    link.send_to_node(&chunk_data(W, 1)).unwrap();
+    let err = link
+        .node
+        .on_frame(&Frame::StateEnd { worker: W })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::ChunksIncomplete { remaining: 1, .. }
+    ));
+}
+
+#[test]
+fn frames_for_another_worker_are_refused_mid_transfer() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.node
+        .on_send(&Frame::Attached {
+            worker: OTHER,
+            last_seq: 0,
+        })
+        .unwrap();
+    link.begin(4);
+    link.need(true, 1);
+    let others = [
+        chunk_data(OTHER, 1),
+        Frame::StateEnd { worker: OTHER },
+        Frame::Post {
+            worker: OTHER,
+            seq: 1,
+            payload: vec![],
+        },
+        state_begin(OTHER, 4),
+        Frame::Attach {
+            worker: OTHER,
+            secret: [0; 32],
+        },
+    ];
+    for frame in &others {
+        let err = link.node.on_frame(frame).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::OtherWorker {
+                frame: frame.name(),
+                moving: W,
+                found: OTHER
+            }
+        );
+        assert_eq!(
+            err.worker(),
+            Some(OTHER),
+            "the Error frame names the refused worker"
+        );
+    }
+    // A second StateBegin for the same worker is out of place too.
+    let err = link.node.on_frame(&state_begin(W, 4)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+    // None of that disturbed the transfer.
+    link.send_to_node(&module_data(0, 4)).unwrap();
+    link.send_to_node(&chunk_data(W, 1)).unwrap();
+    assert!(link.send_to_node(&Frame::StateEnd { worker: W }).is_ok());
+}
+
+#[test]
+fn a_peer_error_for_the_worker_abandons_the_transfer_and_one_without_closes() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(4);
+    let abort = Frame::Error {
+        code: ErrorCode::Internal,
+        worker: Some(W),
+        message: "capture failed".into(),
+    };
+    assert!(matches!(
+        link.node.on_frame(&abort),
+        Ok(Event::PeerError { .. })
+    ));
+    assert_eq!(link.node.state(), &NodeState::Ready);
+    let other = Frame::Error {
+        code: ErrorCode::Internal,
+        worker: Some(OTHER),
+        message: String::new(),
+    };
+    link.node.on_frame(&other).unwrap();
+    assert_eq!(link.node.state(), &NodeState::Ready);
+    let fatal = Frame::Error {
+        code: ErrorCode::ShuttingDown,
+        worker: None,
+        message: String::new(),
+    };
+    link.node.on_frame(&fatal).unwrap();
+    assert!(link.node.is_closed());
+}
+
+#[test]
+fn the_node_refusing_a_transfer_returns_both_sides_to_ready() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(4);
+    let refusal = Frame::Error {
+        code: ErrorCode::BadToken,
+        worker: Some(W),
+        message: "no token".into(),
+    };
+    assert!(matches!(
+        link.send_to_client(&refusal),
+        Ok(Event::PeerError { .. })
+    ));
+    assert_eq!(link.node.state(), &NodeState::Ready);
+    assert_eq!(link.client.state(), &ClientState::Ready);
+}
+
+#[test]
+fn a_return_in_the_right_order_is_accepted() {
+    let mut link = Link::connected(NodeRole::Edge);
+    let attach = Frame::Attach {
+        worker: W,
+        secret: [3; 32],
+    };
+    assert!(matches!(
+        link.send_to_node(&attach),
+        Ok(Event::Attach { worker: W, .. })
+    ));
+    link.send_to_client(&Frame::Attached {
+        worker: W,
+        last_seq: 0,
+    })
+    .unwrap();
+    assert_eq!(
+        link.send_to_node(&Frame::Return { worker: W }),
+        Ok(Event::Return { worker: W })
+    );
+    assert!(matches!(
+        link.node.state(),
+        NodeState::SendingState {
+            stage: SendStage::Preparing,
+            ..
+        }
+    ));
+    // The message in progress finishes before the capture.
+    link.send_to_client(&Frame::Handled {
+        worker: W,
+        seq: 1,
+        replies: 0,
+    })
+    .unwrap();
+    link.send_to_client(&state_begin(W, 6)).unwrap();
+    let need = Frame::StateNeed {
+        worker: W,
+        module: true,
+        chunks: vec![1],
+    };
+    assert!(matches!(
+        link.send_to_node(&need),
+        Ok(Event::StateNeed { module: true, .. })
+    ));
+    assert!(link.send_to_client(&module_data(0, 6)).unwrap() != Event::ListNodes);
+    link.send_to_client(&chunk_data(W, 1)).unwrap();
+    assert_eq!(
+        link.send_to_client(&Frame::StateEnd { worker: W }),
+        Ok(Event::TransferComplete { worker: W })
+    );
+    let adopted = Frame::StateAdopted {
+        worker: W,
+        last_seq: 1,
+    };
+    assert!(link.send_to_node(&adopted).is_ok());
+    assert_eq!(link.node.state(), &NodeState::Ready);
+    assert_eq!(link.client.state(), &ClientState::Ready);
+    // The node keeps the state until the client releases it.
+    let release = Frame::Release {
+        worker: W,
+        last_seq: 1,
+    };
+    assert!(matches!(
+        link.send_to_node(&release),
+        Ok(Event::Release { .. })
+    ));
+}
+
+#[test]
+fn the_client_refuses_an_out_of_order_return() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.send_to_client(&Frame::Attached {
+        worker: W,
+        last_seq: 0,
+    })
+    .unwrap();
+    link.send_to_node(&Frame::Return { worker: W }).unwrap();
+    // StateBegin for another worker, ModuleData before StateBegin.
+    assert!(link.client.on_frame(&state_begin(OTHER, 1)).is_err());
+    assert!(link.client.on_frame(&module_data(0, 1)).is_err());
+    link.send_to_client(&state_begin(W, 6)).unwrap();
+    link.client
+        .on_send(&Frame::StateNeed {
+            worker: W,
+            module: true,
+            chunks: vec![],
+        })
+        .unwrap();
+    let err = link
+        .client
+        .on_frame(&Frame::StateEnd { worker: W })
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ProtocolError::ModuleIncomplete { received: 0, .. }
+    ));
+    assert_eq!(link.client.state(), &ClientState::Ready);
+}
+
+#[test]
+fn using_a_worker_needs_an_attach() {
+    let mut link = Link::connected(NodeRole::Edge);
+    let frames = [
+        Frame::Post {
+            worker: W,
+            seq: 1,
+            payload: vec![],
+        },
+        Frame::MoveOut {
+            worker: W,
+            destination: "ws://b".into(),
+        },
+        Frame::Return { worker: W },
+        Frame::Release {
+            worker: W,
+            last_seq: 0,
+        },
+    ];
+    for frame in &frames {
+        let err = link.node.on_frame(frame).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Unauthorized, "{}", frame.name());
+        assert_eq!(link.node.state(), &NodeState::Ready);
+    }
+    link.node
+        .on_send(&Frame::Attached {
+            worker: W,
+            last_seq: 0,
+        })
+        .unwrap();
+    for frame in &frames[..2] {
+        assert!(link.node.on_frame(frame).is_ok(), "{}", frame.name());
+    }
+    // After Moved the worker is no longer used through this connection.
+    link.send_to_client(&Frame::Moved {
+        worker: W,
+        destination: "ws://b".into(),
+        last_seq: 3,
+    })
+    .unwrap();
+    assert!(!link.node.is_attached(W) && !link.client.is_attached(W));
+    assert!(link.node.on_frame(&frames[0]).is_err());
+}
+
+#[test]
+fn registry_frames_are_for_the_cloud_only() {
+    let register = samples()
+        .into_iter()
+        .find(|f| matches!(f, Frame::Register(_)))
+        .unwrap();
+    let pull = Frame::Pull {
+        worker: W,
+        secret: [0; 32],
+        source: "ws://a".into(),
+        destination: "ws://cloud".into(),
+    };
+    let heartbeat = Frame::Heartbeat {
+        workers: 1,
+        free_memory: 2,
+    };
+    let mut edge = Link::connected(NodeRole::Edge);
+    for frame in [&register, &heartbeat, &Frame::ListNodes, &pull] {
+        let err = edge.node.on_frame(frame).unwrap_err();
+        assert_eq!(
+            err,
+            ProtocolError::CloudOnly {
+                frame: frame.name()
+            }
+        );
+    }
+    let mut cloud = Link::connected(NodeRole::Cloud);
+    let err = cloud.node.on_frame(&heartbeat).unwrap_err();
+    assert!(err.to_string().contains("no Register"), "{err}");
+    assert!(cloud.send_to_node(&register).is_ok());
+    assert!(cloud.send_to_node(&heartbeat).is_ok());
+    assert_eq!(cloud.send_to_node(&Frame::ListNodes), Ok(Event::ListNodes));
+    assert!(cloud.send_to_node(&pull).is_ok());
+    let nodes = Frame::Nodes { nodes: vec![] };
+    assert_eq!(cloud.send_to_client(&nodes), Ok(Event::Nodes(&[])));
+}
+
+#[test]
+fn node_only_frames_are_refused_from_a_ready_client_and_vice_versa() {
+    let mut link = Link::connected(NodeRole::Cloud);
+    for frame in samples() {
+        let to_node_ok = matches!(
+            frame,
+            Frame::Ping { .. }
+                | Frame::Pong { .. }
+                | Frame::Goodbye { .. }
+                | Frame::Error { .. }
+                | Frame::Attach { .. }
+                | Frame::StateBegin { .. }
+                | Frame::Pull { .. }
+                | Frame::Register(_)
+                | Frame::ListNodes
+        );
+        let mut node = link.node.clone();
+        assert_eq!(
+            node.on_frame(&frame).is_ok(),
+            to_node_ok,
+            "node took {}",
+            frame.name()
+        );
+        let to_client_ok = matches!(
+            frame,
+            Frame::Ping { .. }
+                | Frame::Pong { .. }
+                | Frame::Goodbye { .. }
+                | Frame::Error { .. }
+                | Frame::Attached { .. }
+                | Frame::Moved { .. }
+                | Frame::Nodes { .. }
+        );
+        let mut client = link.client.clone();
+        assert_eq!(
+            client.on_frame(&frame).is_ok(),
+            to_client_ok,
+            "client took {}",
+            frame.name()
+        );
+    }
+    link.send_to_node(&Frame::Ping { nonce: 0 }).unwrap();
+}
+
+#[test]
+fn the_client_checks_the_welcome() {
+    let mut client = ClientSession::new();
+    client
+        .on_send(&ClientSession::hello(PeerKind::Client, "c"))
+        .unwrap();
+    let future = Frame::Welcome {
+        version: 99,
+        node_id: "n".into(),
+        role: NodeRole::Edge,
+    };
+    let err = client.on_frame(&future).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+    assert!(client.is_closed());
+
+    let mut client = ClientSession::new();
+    let err = client.on_frame(&Frame::Ping { nonce: 1 }).unwrap_err();
+    assert!(err.to_string().contains("AwaitWelcome"));
+    assert!(client.is_closed());
+
+    // A node refusing the Hello: the client learns why and closes.
+    let mut client = ClientSession::new();
+    let refusal = Frame::Error {
+        code: ErrorCode::UnsupportedVersion,
+        worker: None,
+        message: "no".into(),
+    };
+    assert!(matches!(
+        client.on_frame(&refusal),
+        Ok(Event::PeerError { .. })
+    ));
+    assert!(client.is_closed());
+}
+
+#[test]
+fn sending_out_of_turn_is_refused() {
+    let mut link = Link::connected(NodeRole::Edge);
+    let need = Frame::StateNeed {
+        worker: W,
+        module: false,
+        chunks: vec![],
+    };
+    assert!(link.node.on_send(&need).is_err());
+    assert!(link.node.on_send(&Frame::StateEnd { worker: W }).is_err());
+    link.begin(0);
+    assert!(matches!(
+        link.node.on_send(&Frame::Attached {
+            worker: OTHER,
+            last_seq: 0
+        }),
+        Err(SendFrameError::OtherWorker { .. })
+    ));
+    assert!(link
+        .node
+        .on_send(&Frame::StateAdopted {
+            worker: W,
+            last_seq: 0
+        })
+        .is_err());
+    let mut fresh = NodeSession::new(NodeRole::Edge);
+    assert!(fresh.on_send(&Frame::Ping { nonce: 1 }).is_err());
+}
