@@ -10,6 +10,7 @@
 //! builds) so that running it never compiles wasmtime a second time: everything heavy runs
 //! through `cargo` in the release profile, which the tests, the demo and the benchmarks share.
 
+mod nodes;
 mod setup;
 mod workers;
 
@@ -116,10 +117,33 @@ fn test() -> Result<()> {
 fn demo() -> Result<()> {
     workers::build()?;
     let roam = roam_binary()?;
-    step("demo: a physics worker captured and restored while it runs");
-    run(Command::new(roam)
-        .args(["demo", "--workers"])
-        .arg(root().join("target/workers")))
+    let workers = root().join("target/workers");
+    step("demo 1: a physics worker captured and restored into fresh engines while it runs");
+    run(Command::new(&roam)
+        .arg("demo")
+        .arg("--workers")
+        .arg(&workers))?;
+
+    step("demo 2: the worker moves between a cloud and two edge nodes on this machine");
+    let data = std::env::temp_dir().join(format!("roam-demo-{}", std::process::id()));
+    let cloud = nodes::Node::start(&roam, "cloud", None, &data.join("cloud"))?;
+    let a = nodes::Node::start(&roam, "edge", Some(cloud.url()), &data.join("edge-a"))?;
+    let b = nodes::Node::start(&roam, "edge", Some(cloud.url()), &data.join("edge-b"))?;
+    eprintln!(
+        "cloud {}, edge A {}, edge B {}",
+        cloud.url(),
+        a.url(),
+        b.url()
+    );
+    let result = run(Command::new(&roam)
+        .arg("demo")
+        .arg("--workers")
+        .arg(&workers)
+        .args(["--cubes", "1000", "--cloud", cloud.url()])
+        .args(["--edge", a.url(), "--edge", b.url()]));
+    drop((a, b, cloud));
+    let _ = std::fs::remove_dir_all(&data);
+    result
 }
 
 fn bench(args: &[&str]) -> Result<()> {

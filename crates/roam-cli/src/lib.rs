@@ -5,5 +5,8 @@
 pub mod bench;
 pub mod commands;
 pub mod demo;
+pub mod plan;
 pub mod records;
+pub mod serve;
+pub mod tour;
 pub mod workloads;

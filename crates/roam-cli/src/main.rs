@@ -55,6 +55,14 @@ enum Command {
         /// Longest one message may run, in seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+        /// Move the worker while it runs: comma-separated steps COUNT@PLACE, where COUNT is
+        /// a number or `rest` and PLACE is `local`, a node URL `ws://HOST:PORT`, or
+        /// `relay:ws://HOST:PORT` (go there with the state fetched through the cloud).
+        #[arg(long, conflicts_with_all = ["checkpoint_every", "restore", "save_snapshot"])]
+        plan: Option<String>,
+        /// The cloud node that `relay:` plan steps go through.
+        #[arg(long, value_name = "URL")]
+        cloud: Option<String>,
         /// Print what was done as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -73,6 +81,13 @@ enum Command {
         /// Frames between two capture/restore cycles.
         #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
         move_every: u32,
+        /// With --edge (twice): tour the nodes instead — local → edge A → edge B → this cloud
+        /// → local, one line per move.
+        #[arg(long, value_name = "URL", requires = "edge")]
+        cloud: Option<String>,
+        /// An edge node for the tour (give two).
+        #[arg(long, value_name = "URL", num_args = 1, requires = "cloud")]
+        edge: Vec<String>,
     },
     /// Run a benchmark and write its results.
     Bench {
@@ -86,6 +101,8 @@ enum Command {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
+    /// Run an edge or cloud node that hosts workers for clients.
+    Serve(roam_cli::serve::ServeArgs),
     /// Work with snapshot files.
     Snapshot {
         #[command(subcommand)]
@@ -144,6 +161,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             restore,
             max_memory,
             timeout,
+            plan,
+            cloud,
             json,
         } => {
             if !(timeout.is_finite() && timeout > 0.0) {
@@ -162,6 +181,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ..WorkerLimits::default()
                 },
             };
+            if let Some(plan) = plan {
+                let steps = roam_cli::plan::parse_plan(&plan, cloud.as_deref())?;
+                let handled = roam_cli::plan::exec_plan(&options, &steps, &mut |m| {
+                    eprintln!(
+                        "  {:<8} {} -> {}: {:.1} ms, {} bytes through the client, {} messages replayed",
+                        m.kind.to_string(),
+                        m.from,
+                        m.to,
+                        m.duration.as_secs_f64() * 1e3,
+                        m.client_bytes,
+                        m.replayed
+                    )
+                })?;
+                println!("{handled} messages handled following the plan");
+                return Ok(());
+            }
             let report = commands::exec(&options, &mut |r| {
                 eprintln!(
                     "  … {} messages, {} replies, {} checkpoints",
@@ -185,9 +220,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo {
             workers,
+            cloud: Some(cloud),
+            edge,
+            cubes,
+            ..
+        } => {
+            let [a, b] = edge.as_slice() else {
+                anyhow::bail!("the tour needs two --edge URLs");
+            };
+            roam_cli::tour::run(&workers, &cloud, a, b, cubes, &mut std::io::stdout())?;
+        }
+        Command::Demo {
+            workers,
             cubes,
             frames,
             move_every,
+            ..
         } => {
             let options = roam_cli::demo::DemoOptions {
                 cubes,
@@ -206,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", roam_cli::bench::markdown(&results));
             eprintln!("results written to {}", out.join("core.json").display());
         }
+        Command::Serve(args) => roam_cli::serve::run(args)?,
         Command::Snapshot {
             command: SnapshotCommand::Inspect { file, json },
         } => {

@@ -1,0 +1,408 @@
+//! The workers this node hosts: a table keyed by worker id, and one thread per worker.
+//!
+//! Wasm never runs on the async executor. Each hosted worker lives on its own thread,
+//! fed by a channel, so its messages run in order and a long message blocks nobody
+//! else. The table is the single place that decides which Posts a worker takes: the next
+//! sequence number, never one already taken (a replay) and never one after a gap.
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use roam_proto::{Frame, WorkerId};
+use roam_runtime::{CaptureError, RestoreError, Runtime, Snapshot, Worker, WorkerModule};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+
+/// Where a worker's replies go: the outgoing queue of the connection that uses it.
+pub(crate) type Sink = mpsc::UnboundedSender<Frame>;
+
+/// What a worker's thread is asked to do, in order.
+enum Command {
+    /// Handle one message.
+    Deliver { seq: u64, payload: Vec<u8> },
+    /// Capture the worker between two messages.
+    Capture {
+        reply: oneshot::Sender<Result<Snapshot, CaptureError>>,
+    },
+}
+
+/// One hosted worker.
+pub(crate) struct Hosted {
+    /// Sha-256 of the worker's secret.
+    pub owner: [u8; 32],
+    /// The module it runs.
+    pub module: Arc<WorkerModule>,
+    commands: std_mpsc::Sender<Command>,
+    sink: Arc<Mutex<Option<Sink>>>,
+    flow: Mutex<Flow>,
+}
+
+/// Which messages the worker took, and whether it is leaving.
+struct Flow {
+    /// The last sequence number handed to the worker's thread.
+    accepted: u64,
+    /// A move is capturing or sending the worker: Posts wait in `held`.
+    moving: bool,
+    /// Posts taken during a move: delivered if the move fails, dropped if it succeeds
+    /// (the client replays them at the destination).
+    held: Vec<(u64, Vec<u8>)>,
+}
+
+/// Why a Post was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PostError {
+    /// this node does not host worker {0:032x}
+    #[error("this node does not host worker {0:032x}")]
+    UnknownWorker(WorkerId),
+    /// message {found} of worker {worker:032x} skips ahead: the next message is {expected}
+    #[error("message {found} of worker {worker:032x} skips ahead: the next message is {expected}")]
+    Gap {
+        /// The worker.
+        worker: WorkerId,
+        /// The sequence number the worker takes next.
+        expected: u64,
+        /// The one the Post carried.
+        found: u64,
+    },
+}
+
+/// Why an Attach was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttachError {
+    /// this node does not host worker {0:032x}
+    #[error("this node does not host worker {0:032x}")]
+    UnknownWorker(WorkerId),
+    /// the secret does not match the owner of worker {0:032x}
+    #[error("the secret does not match the owner of worker {0:032x}")]
+    WrongSecret(WorkerId),
+}
+
+/// Why a worker could not be captured to move it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BeginMoveError {
+    /// this node does not host worker {0:032x}
+    #[error("this node does not host worker {0:032x}")]
+    UnknownWorker(WorkerId),
+    /// worker {0:032x} is already moving
+    #[error("worker {0:032x} is already moving")]
+    AlreadyMoving(WorkerId),
+    /// worker {0:032x} cannot be captured: {1}
+    #[error("worker {0:032x} cannot be captured: {1}")]
+    Capture(WorkerId, String),
+}
+
+/// Why received state could not be made a hosted worker.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdoptError {
+    /// the snapshot does not restore: {0}
+    #[error("the snapshot does not restore: {0}")]
+    Restore(#[from] RestoreError),
+    /// worker {0:032x} already runs here for another owner
+    #[error("worker {0:032x} already runs here for another owner")]
+    OtherOwner(WorkerId),
+    /// the worker's thread could not start: {0}
+    #[error("the worker's thread could not start: {0}")]
+    Thread(String),
+}
+
+/// A captured worker, ready to travel or to be saved.
+pub(crate) struct Captured {
+    /// Sha-256 of the worker's secret.
+    pub owner: [u8; 32],
+    /// The module it runs (its prepared bytes travel on a cache miss).
+    pub module: Arc<WorkerModule>,
+    /// Its state.
+    pub snapshot: Snapshot,
+}
+
+/// The table of hosted workers.
+pub(crate) struct Hosting {
+    runtime: Runtime,
+    workers: Mutex<HashMap<WorkerId, Arc<Hosted>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// The owner hash of a secret.
+pub(crate) fn owner_of(secret: &[u8; 32]) -> [u8; 32] {
+    Sha256::digest(secret).into()
+}
+
+impl Hosting {
+    pub(crate) fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Hosting {
+        Hosting {
+            runtime,
+            workers: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    fn get(&self, worker: WorkerId) -> Option<Arc<Hosted>> {
+        self.workers
+            .lock()
+            .expect("worker table")
+            .get(&worker)
+            .cloned()
+    }
+
+    /// How many workers run here.
+    pub(crate) fn count(&self) -> usize {
+        self.workers.lock().expect("worker table").len()
+    }
+
+    /// The ids of every hosted worker.
+    pub(crate) fn ids(&self) -> Vec<WorkerId> {
+        self.workers
+            .lock()
+            .expect("worker table")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Restores `snapshot` and hosts it as `worker`, owned by `owner`; its replies go to
+    /// `sink` until someone else attaches. Returns the last message the state handled.
+    pub(crate) async fn adopt(
+        self: &Arc<Self>,
+        worker: WorkerId,
+        owner: [u8; 32],
+        module: Arc<WorkerModule>,
+        snapshot: Snapshot,
+        sink: Option<Sink>,
+    ) -> Result<u64, AdoptError> {
+        if let Some(existing) = self.get(worker) {
+            if existing.owner != owner {
+                return Err(AdoptError::OtherOwner(worker));
+            }
+        }
+        let runtime = self.runtime.clone();
+        let restore_module = module.clone();
+        let restored =
+            tokio::task::spawn_blocking(move || runtime.restore(&restore_module, &snapshot))
+                .await
+                .map_err(|e| AdoptError::Thread(e.to_string()))??;
+        let last_seq = restored.last_seq();
+        self.host(worker, owner, module, restored, sink)?;
+        Ok(last_seq)
+    }
+
+    /// Puts a restored worker on its own thread and in the table. A worker of the same id
+    /// and owner that was still here (a worker coming back) is replaced.
+    fn host(
+        self: &Arc<Self>,
+        worker: WorkerId,
+        owner: [u8; 32],
+        module: Arc<WorkerModule>,
+        restored: Worker,
+        sink: Option<Sink>,
+    ) -> Result<(), AdoptError> {
+        let (commands, receiver) = std_mpsc::channel();
+        let sink = Arc::new(Mutex::new(sink));
+        let accepted = restored.last_seq();
+        let thread_sink = sink.clone();
+        let metrics = self.metrics.clone();
+        std::thread::Builder::new()
+            .name(format!("roam-worker-{:08x}", worker as u32))
+            .spawn(move || run_worker(worker, restored, receiver, thread_sink, metrics))
+            .map_err(|e| AdoptError::Thread(e.to_string()))?;
+        let hosted = Arc::new(Hosted {
+            owner,
+            module,
+            commands,
+            sink,
+            flow: Mutex::new(Flow {
+                accepted,
+                moving: false,
+                held: Vec::new(),
+            }),
+        });
+        let mut workers = self.workers.lock().expect("worker table");
+        workers.insert(worker, hosted);
+        self.metrics.set_workers(workers.len());
+        Ok(())
+    }
+
+    /// Checks the secret against the worker's owner; on success the worker's replies go to
+    /// `sink` from now on. Returns the last message the worker took.
+    pub(crate) fn attach(
+        &self,
+        worker: WorkerId,
+        secret: &[u8; 32],
+        sink: &Sink,
+    ) -> Result<u64, AttachError> {
+        let hosted = self.get(worker).ok_or(AttachError::UnknownWorker(worker))?;
+        if owner_of(secret) != hosted.owner {
+            return Err(AttachError::WrongSecret(worker));
+        }
+        *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
+        let accepted = hosted.flow.lock().expect("worker flow").accepted;
+        Ok(accepted)
+    }
+
+    /// Hands message `seq` to the worker if it is the next one. A message already taken
+    /// (a replay after a move or a reconnect) is dropped without an answer.
+    pub(crate) fn post(
+        &self,
+        worker: WorkerId,
+        seq: u64,
+        payload: Vec<u8>,
+        sink: &Sink,
+    ) -> Result<(), PostError> {
+        let hosted = self.get(worker).ok_or(PostError::UnknownWorker(worker))?;
+        let mut flow = hosted.flow.lock().expect("worker flow");
+        if seq <= flow.accepted {
+            return Ok(());
+        }
+        if seq != flow.accepted + 1 {
+            return Err(PostError::Gap {
+                worker,
+                expected: flow.accepted + 1,
+                found: seq,
+            });
+        }
+        flow.accepted = seq;
+        *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
+        if flow.moving {
+            flow.held.push((seq, payload));
+        } else {
+            // A closed channel means the thread is gone with the worker: nothing to answer.
+            let _ = hosted.commands.send(Command::Deliver { seq, payload });
+        }
+        Ok(())
+    }
+
+    /// Stops taking messages for `worker`, lets the ones it took finish, and captures it.
+    /// The worker stays here until [`end_move`](Hosting::end_move).
+    pub(crate) async fn begin_move(&self, worker: WorkerId) -> Result<Captured, BeginMoveError> {
+        let hosted = self
+            .get(worker)
+            .ok_or(BeginMoveError::UnknownWorker(worker))?;
+        {
+            let mut flow = hosted.flow.lock().expect("worker flow");
+            if flow.moving {
+                return Err(BeginMoveError::AlreadyMoving(worker));
+            }
+            flow.moving = true;
+        }
+        let (reply, answer) = oneshot::channel();
+        let _ = hosted.commands.send(Command::Capture { reply });
+        let captured = match answer.await {
+            Ok(Ok(snapshot)) => Ok(snapshot),
+            Ok(Err(e)) => Err(BeginMoveError::Capture(worker, e.to_string())),
+            Err(_) => Err(BeginMoveError::Capture(
+                worker,
+                "the worker's thread is gone".into(),
+            )),
+        };
+        match captured {
+            Ok(snapshot) => Ok(Captured {
+                owner: hosted.owner,
+                module: hosted.module.clone(),
+                snapshot,
+            }),
+            Err(e) => {
+                self.end_move(worker, false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends a move: if the state was adopted elsewhere the worker is dropped (and the
+    /// messages held during the move with it: the client replays them there); otherwise it
+    /// resumes with the held messages.
+    pub(crate) fn end_move(&self, worker: WorkerId, adopted: bool) {
+        if adopted {
+            self.drop_worker(worker);
+            return;
+        }
+        let Some(hosted) = self.get(worker) else {
+            return;
+        };
+        let mut flow = hosted.flow.lock().expect("worker flow");
+        flow.moving = false;
+        for (seq, payload) in flow.held.drain(..) {
+            let _ = hosted.commands.send(Command::Deliver { seq, payload });
+        }
+    }
+
+    /// Drops a worker: its thread ends once it finishes what it was given.
+    pub(crate) fn drop_worker(&self, worker: WorkerId) {
+        let mut workers = self.workers.lock().expect("worker table");
+        workers.remove(&worker);
+        self.metrics.set_workers(workers.len());
+    }
+
+    /// Drops a worker whose state a client has taken back, unless it is moving.
+    pub(crate) fn release(&self, worker: WorkerId) {
+        if let Some(hosted) = self.get(worker) {
+            if !hosted.flow.lock().expect("worker flow").moving {
+                self.drop_worker(worker);
+            }
+        }
+    }
+}
+
+/// The loop of a worker's thread: one command at a time, in order, until the table drops
+/// the worker (the channel closes).
+fn run_worker(
+    id: WorkerId,
+    mut worker: Worker,
+    commands: std_mpsc::Receiver<Command>,
+    sink: Arc<Mutex<Option<Sink>>>,
+    metrics: Arc<Metrics>,
+) {
+    let span = tracing::info_span!("worker", worker = %format!("{id:032x}"));
+    let _enter = span.enter();
+    while let Ok(command) = commands.recv() {
+        match command {
+            Command::Deliver { seq, payload } => {
+                let started = Instant::now();
+                let frames = match worker.deliver(&payload) {
+                    Ok(replies) => {
+                        let mut frames: Vec<Frame> = replies
+                            .enumerate()
+                            .map(|(index, payload)| Frame::Reply {
+                                worker: id,
+                                seq,
+                                index: index as u32,
+                                payload: payload.to_vec(),
+                            })
+                            .collect();
+                        frames.push(Frame::Handled {
+                            worker: id,
+                            seq,
+                            replies: frames.len() as u32,
+                        });
+                        frames
+                    }
+                    Err(e) => {
+                        tracing::warn!(seq, "message failed: {e}");
+                        vec![Frame::WorkerFailed {
+                            worker: id,
+                            seq,
+                            reason: e.to_string(),
+                        }]
+                    }
+                };
+                metrics.observe_message(started.elapsed());
+                let sink = sink.lock().expect("worker sink").clone();
+                if let Some(sink) = sink {
+                    for frame in frames {
+                        let _ = sink.send(frame);
+                    }
+                }
+            }
+            Command::Capture { reply } => {
+                let _ = reply.send(worker.capture());
+            }
+        }
+    }
+    tracing::debug!("worker thread ends");
+}

@@ -1,0 +1,360 @@
+//! One framed connection, whichever side opened it: the WebSocket under it (axum's on
+//! the accepting side, tokio-tungstenite's when this node connects to another), the
+//! protocol state machine over it ([`NodeSession`] or [`ClientSession`]), and the rules
+//! every connection follows: one frame per binary message, every frame sent recorded by
+//! the state machine first, and garbage answered with an Error frame instead of a crash.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use roam_proto::{
+    ClientSession, DecodeFrameError, ErrorCode, Event, Frame, FrameLimits, FrameType, NodeSession,
+    PeerKind, ProtocolError, SendFrameError, HEADER_LEN,
+};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::metrics::Metrics;
+
+/// What arrived on a WebSocket.
+pub(crate) enum Received {
+    /// A binary message: one frame, if the peer follows the protocol.
+    Binary(Vec<u8>),
+    /// A text message, which the protocol does not use.
+    Text,
+    /// The connection is over.
+    Closed,
+}
+
+/// A WebSocket as the link uses it.
+pub(crate) trait Wire: Send {
+    /// Sends one binary message.
+    fn send_bytes(&mut self, bytes: Vec<u8>) -> impl Future<Output = Result<(), String>> + Send;
+    /// The next data message; control messages are answered below this layer.
+    fn receive(&mut self) -> impl Future<Output = Received> + Send;
+    /// Closes the connection politely.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+impl Wire for axum::extract::ws::WebSocket {
+    async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        self.send(axum::extract::ws::Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn receive(&mut self) -> Received {
+        use axum::extract::ws::Message;
+        loop {
+            match self.recv().await {
+                Some(Ok(Message::Binary(bytes))) => return Received::Binary(bytes.into()),
+                Some(Ok(Message::Text(_))) => return Received::Text,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Received::Closed,
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.send(axum::extract::ws::Message::Close(None)).await;
+    }
+}
+
+/// A WebSocket this node opened to another node.
+pub(crate) type ClientSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+impl Wire for ClientSocket {
+    async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        use tokio_tungstenite::tungstenite::Message;
+        self.send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn receive(&mut self) -> Received {
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.next().await {
+                Some(Ok(Message::Binary(bytes))) => return Received::Binary(bytes.into()),
+                Some(Ok(Message::Text(_))) => return Received::Text,
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Received::Closed,
+            }
+        }
+    }
+
+    async fn finish(&mut self) {
+        let _ = SinkExt::close(self).await;
+    }
+}
+
+/// A protocol state machine as the link uses it: the node's or the client's.
+pub(crate) trait Machine: Send {
+    /// See [`NodeSession::on_frame`].
+    fn on_frame<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError>;
+    /// See [`NodeSession::on_send`].
+    fn on_send(&mut self, frame: &Frame) -> Result<(), SendFrameError>;
+    /// Whether the session is over.
+    fn is_closed(&self) -> bool;
+    /// Whether no transfer runs, so any worker's messages may be sent.
+    fn is_ready(&self) -> bool;
+}
+
+impl Machine for NodeSession {
+    fn on_frame<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
+        NodeSession::on_frame(self, frame)
+    }
+    fn on_send(&mut self, frame: &Frame) -> Result<(), SendFrameError> {
+        NodeSession::on_send(self, frame)
+    }
+    fn is_closed(&self) -> bool {
+        NodeSession::is_closed(self)
+    }
+    fn is_ready(&self) -> bool {
+        *self.state() == roam_proto::NodeState::Ready
+    }
+}
+
+impl Machine for ClientSession {
+    fn on_frame<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
+        ClientSession::on_frame(self, frame)
+    }
+    fn on_send(&mut self, frame: &Frame) -> Result<(), SendFrameError> {
+        ClientSession::on_send(self, frame)
+    }
+    fn is_closed(&self) -> bool {
+        ClientSession::is_closed(self)
+    }
+    fn is_ready(&self) -> bool {
+        *self.state() == roam_proto::ClientState::Ready
+    }
+}
+
+/// Why a link stopped working.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LinkError {
+    /// the connection closed
+    #[error("the connection closed")]
+    Closed,
+    /// the connection failed: {0}
+    #[error("the connection failed: {0}")]
+    Io(String),
+    /// this node tried to send a frame the protocol does not allow now: {0}
+    #[error("this node tried to send a frame the protocol does not allow now: {0}")]
+    Send(#[from] SendFrameError),
+}
+
+/// A WebSocket and the state machine that checks every frame on it.
+pub(crate) struct Link<W, M> {
+    pub wire: W,
+    pub machine: M,
+    limits: FrameLimits,
+    metrics: Arc<Metrics>,
+    /// Worker messages that may not be sent during the transfer running now; they go out
+    /// once it ends.
+    deferred: VecDeque<Frame>,
+}
+
+/// Frames produced by workers and background moves, which wait out a transfer.
+fn deferrable(frame: &Frame) -> bool {
+    matches!(
+        frame,
+        Frame::Reply { .. }
+            | Frame::Handled { .. }
+            | Frame::WorkerFailed { .. }
+            | Frame::Moved { .. }
+    )
+}
+
+impl<W: Wire, M: Machine> Link<W, M> {
+    pub(crate) fn new(wire: W, machine: M, limits: FrameLimits, metrics: Arc<Metrics>) -> Self {
+        Link {
+            wire,
+            machine,
+            limits,
+            metrics,
+            deferred: VecDeque::new(),
+        }
+    }
+
+    /// Records `frame` with the state machine and sends it; a worker's message that may
+    /// not go out during the current transfer waits until it ends.
+    pub(crate) async fn send(&mut self, frame: Frame) -> Result<(), LinkError> {
+        if !self.deferred.is_empty() && deferrable(&frame) {
+            // Keep the worker's messages in order behind the ones already waiting.
+            self.deferred.push_back(frame);
+            return self.flush_deferred().await;
+        }
+        match self.machine.on_send(&frame) {
+            Ok(()) => self.write(&frame).await,
+            Err(_) if deferrable(&frame) => {
+                self.deferred.push_back(frame);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends the messages that waited for a transfer to end, if none runs now.
+    pub(crate) async fn flush_deferred(&mut self) -> Result<(), LinkError> {
+        while self.machine.is_ready() {
+            let Some(frame) = self.deferred.pop_front() else {
+                break;
+            };
+            match self.machine.on_send(&frame) {
+                Ok(()) => self.write(&frame).await?,
+                Err(e) => tracing::warn!("dropping {}: {e}", frame.name()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a frame without recording it: only for answers to garbage, which the state
+    /// machine never saw.
+    pub(crate) async fn write(&mut self, frame: &Frame) -> Result<(), LinkError> {
+        let bytes = frame.encode();
+        self.metrics.bytes_out(bytes.len());
+        self.wire.send_bytes(bytes).await.map_err(LinkError::Io)
+    }
+
+    /// Turns a received message into a frame. Text and undecodable bytes are answered
+    /// with an Error frame here and give `None`: the connection goes on.
+    pub(crate) async fn decode(&mut self, received: Received) -> Result<Option<Frame>, LinkError> {
+        match received {
+            Received::Closed => Err(LinkError::Closed),
+            Received::Text => {
+                let refusal = Frame::Error {
+                    code: ErrorCode::Malformed,
+                    worker: None,
+                    message: "text messages are not part of the protocol: send each frame as one binary message".into(),
+                };
+                self.write(&refusal).await?;
+                Ok(None)
+            }
+            Received::Binary(bytes) => {
+                self.metrics.bytes_in(bytes.len());
+                match Frame::decode(&bytes, &self.limits) {
+                    Ok(frame) => Ok(Some(frame)),
+                    Err(e) => {
+                        tracing::debug!("refusing an undecodable frame: {e}");
+                        self.write(&refusal_of(&e, &bytes)).await?;
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next frame that decodes.
+    pub(crate) async fn next_frame(&mut self) -> Result<Frame, LinkError> {
+        loop {
+            let received = self.wire.receive().await;
+            if let Some(frame) = self.decode(received).await? {
+                return Ok(frame);
+            }
+        }
+    }
+
+    /// Answers a frame the state machine refused.
+    pub(crate) async fn refuse(&mut self, refusal: &ProtocolError) -> Result<(), LinkError> {
+        if self.machine.is_closed() {
+            // The refusal closed the session (a failed handshake): the peer still hears why.
+            return self.write(&refusal.to_frame()).await;
+        }
+        self.send(refusal.to_frame()).await
+    }
+}
+
+/// The Error frame answering bytes that do not decode. A Post whose payload is over the
+/// cap names its worker (read from where every Post keeps it), so the client learns which
+/// worker's message was refused.
+fn refusal_of(error: &DecodeFrameError, bytes: &[u8]) -> Frame {
+    let worker = match error {
+        DecodeFrameError::PayloadTooLarge { .. }
+            if bytes.first() == Some(&(FrameType::Post as u8))
+                && bytes.len() >= HEADER_LEN + 16 =>
+        {
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&bytes[HEADER_LEN..HEADER_LEN + 16]);
+            Some(u128::from_le_bytes(id))
+        }
+        _ => None,
+    };
+    Frame::Error {
+        code: error.code(),
+        worker,
+        message: error.to_string(),
+    }
+}
+
+/// The WebSocket settings of a node's links: messages up to the frame cap (with room for
+/// the decoder to refuse a slightly larger one itself, with a clear error).
+pub(crate) fn socket_limit(limits: &FrameLimits) -> usize {
+    limits.max_frame as usize + (1 << 20)
+}
+
+/// Why this node could not open a link to another node.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    /// cannot reach {url}: {reason}
+    #[error("cannot reach {url}: {reason}")]
+    Unreachable {
+        /// The node's URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// {url} refused the connection: {reason}
+    #[error("{url} refused the connection: {reason}")]
+    Refused {
+        /// The node's URL.
+        url: String,
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// Opens a link to the node at `url` as a node peer, and completes the handshake.
+pub(crate) async fn connect(
+    url: &str,
+    name: &str,
+    limits: FrameLimits,
+    metrics: Arc<Metrics>,
+) -> Result<Link<ClientSocket, ClientSession>, ConnectError> {
+    let unreachable = |reason: String| ConnectError::Unreachable {
+        url: url.to_owned(),
+        reason,
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(socket_limit(&limits)))
+        .max_frame_size(Some(socket_limit(&limits)));
+    let (socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+    )
+    .await
+    .map_err(|_| unreachable("no answer within 10 s".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
+    let mut link = Link::new(socket, ClientSession::new(), limits, metrics);
+    let refused = |reason: String| ConnectError::Refused {
+        url: url.to_owned(),
+        reason,
+    };
+    link.send(ClientSession::hello(PeerKind::Node, name))
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let frame = tokio::time::timeout(Duration::from_secs(10), link.next_frame())
+        .await
+        .map_err(|_| unreachable("no Welcome within 10 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    match link.machine.on_frame(&frame) {
+        Ok(Event::Welcome { .. }) => Ok(link),
+        Ok(Event::PeerError { code, message, .. }) => Err(refused(format!("{code}: {message}"))),
+        Ok(other) => Err(refused(format!("unexpected answer to Hello: {other:?}"))),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}

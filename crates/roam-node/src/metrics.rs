@@ -1,0 +1,171 @@
+//! The node's counters and their Prometheus text form (`GET /metrics`). Plain atomics:
+//! every series is known up front, so no metrics library is needed.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The kinds of move a node takes part in, as the `kind` label spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MoveKind {
+    /// A client sent a worker here.
+    Offload,
+    /// This node handed a worker to another node.
+    Handoff,
+    /// The cloud fetched a worker from a node on a client's behalf.
+    Fallback,
+    /// This node sent a worker back to its client.
+    Return,
+}
+
+const KINDS: [(MoveKind, &str); 4] = [
+    (MoveKind::Offload, "offload"),
+    (MoveKind::Handoff, "handoff"),
+    (MoveKind::Fallback, "fallback"),
+    (MoveKind::Return, "return"),
+];
+
+/// Upper bounds of the message-duration histogram's buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+    10.0,
+];
+
+/// Every series the node exports.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    workers_hosted: AtomicI64,
+    connections: AtomicI64,
+    /// Indexed by kind, then outcome (0 = ok, 1 = error).
+    moves: [[AtomicU64; 2]; 4],
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    /// One count per bucket of [`BUCKETS`], then the +Inf bucket.
+    duration_buckets: [AtomicU64; BUCKETS.len() + 1],
+    duration_sum_ns: AtomicU64,
+    duration_count: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn set_workers(&self, n: usize) {
+        self.workers_hosted.store(n as i64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_move(&self, kind: MoveKind, ok: bool) {
+        let k = KINDS.iter().position(|(k, _)| *k == kind).unwrap_or(0);
+        self.moves[k][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records how long a worker took to handle one message.
+    pub(crate) fn observe_message(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(BUCKETS.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        self.duration_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP roam_workers_hosted Workers this node hosts now."
+        );
+        let _ = writeln!(out, "# TYPE roam_workers_hosted gauge");
+        let _ = writeln!(
+            out,
+            "roam_workers_hosted {}",
+            self.workers_hosted.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roam_connections WebSocket connections open now."
+        );
+        let _ = writeln!(out, "# TYPE roam_connections gauge");
+        let _ = writeln!(
+            out,
+            "roam_connections {}",
+            self.connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roam_moves_total Moves this node took part in, by kind and outcome."
+        );
+        let _ = writeln!(out, "# TYPE roam_moves_total counter");
+        for (k, (_, kind)) in KINDS.iter().enumerate() {
+            for (o, outcome) in ["ok", "error"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "roam_moves_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}",
+                    load(&self.moves[k][o])
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP roam_bytes_total Frame bytes received and sent."
+        );
+        let _ = writeln!(out, "# TYPE roam_bytes_total counter");
+        let _ = writeln!(
+            out,
+            "roam_bytes_total{{direction=\"in\"}} {}",
+            load(&self.bytes_in)
+        );
+        let _ = writeln!(
+            out,
+            "roam_bytes_total{{direction=\"out\"}} {}",
+            load(&self.bytes_out)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roam_message_duration_seconds Time a worker took to handle one message."
+        );
+        let _ = writeln!(out, "# TYPE roam_message_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, le) in BUCKETS.iter().enumerate() {
+            cumulative += load(&self.duration_buckets[i]);
+            let _ = writeln!(
+                out,
+                "roam_message_duration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        cumulative += load(&self.duration_buckets[BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "roam_message_duration_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "roam_message_duration_seconds_sum {}",
+            load(&self.duration_sum_ns) as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "roam_message_duration_seconds_count {}",
+            load(&self.duration_count)
+        );
+        out
+    }
+}

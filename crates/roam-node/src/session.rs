@@ -1,0 +1,620 @@
+//! One accepted connection: the [`NodeSession`] that checks every frame, and what the node
+//! does for each accepted one — welcome, attach, post, receive a worker, send one back,
+//! hand one to another node, fetch one for a client (cloud), keep the registry (cloud).
+//!
+//! Transfers on the connection itself (receiving state, returning a worker) run inline:
+//! the protocol allows nothing else on the connection meanwhile. Moves that talk to other
+//! nodes (handoff, fallback) run as tasks of their own and report back through the
+//! connection's outgoing queue, so the connection keeps serving its other workers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocket;
+use roam_proto::{ErrorCode, Event, Frame, MoveToken, NodeSession, PeerKind, WorkerId};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Instrument;
+
+use crate::hosting::{AttachError, BeginMoveError, PostError, Sink};
+use crate::link::{connect, ConnectError, Link, LinkError, Wire};
+use crate::metrics::MoveKind;
+use crate::server::until_stopped;
+use crate::server::Node;
+use crate::transfer::{
+    now_unix_ms, receive_state, send_state, Begin, Package, ReceiveContext, ReceiveStateError,
+    SendStateError,
+};
+
+/// How long a move token stays valid.
+const TOKEN_LIFETIME_MS: u64 = 60_000;
+
+type NodeLink = Link<WebSocket, NodeSession>;
+
+/// Serves one WebSocket connection until it closes or the node shuts down.
+pub(crate) async fn serve(
+    node: Arc<Node>,
+    socket: WebSocket,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let span = tracing::info_span!("connection", %peer, worker = tracing::field::Empty);
+    node.metrics.connection_opened();
+    let mut link = Link::new(
+        socket,
+        NodeSession::new(node.config.role),
+        node.config.frame_limits,
+        node.metrics.clone(),
+    );
+    async {
+        if permit.is_none() {
+            let busy = Frame::Error {
+                code: ErrorCode::Busy,
+                worker: None,
+                message: format!(
+                    "this node serves {} connections already; try later or elsewhere",
+                    node.config.max_connections
+                ),
+            };
+            let _ = link.write(&busy).await;
+        } else {
+            match drive(&node, &mut link).await {
+                Ok(()) | Err(LinkError::Closed) => tracing::debug!("connection closed"),
+                Err(e) => tracing::info!("connection ended: {e}"),
+            }
+        }
+        link.wire.finish().await;
+    }
+    .instrument(span)
+    .await;
+    node.metrics.connection_closed();
+    drop(permit);
+}
+
+/// The connection's loop: frames from the peer, frames from the workers and moves this
+/// connection started, and the node's shutdown.
+async fn drive(node: &Arc<Node>, link: &mut NodeLink) -> Result<(), LinkError> {
+    let (sink, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+    let mut shutdown = node.shutdown.clone();
+    let mut registered: Option<String> = None;
+    loop {
+        if link.machine.is_closed() {
+            return Ok(());
+        }
+        link.flush_deferred().await?;
+        tokio::select! {
+            received = link.wire.receive() => {
+                let Some(frame) = link.decode(received).await? else { continue };
+                handle(node, link, &sink, &mut outgoing, &mut registered, frame).await?;
+            }
+            Some(frame) = outgoing.recv() => link.send(frame).await?,
+            () = until_stopped(&mut shutdown) => {
+                // Let the workers' last answers out before saying goodbye.
+                while let Ok(frame) = outgoing.try_recv() {
+                    link.send(frame).await?;
+                }
+                link.send(Frame::Goodbye { reason: "the node is shutting down".into() }).await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn worker_error(code: ErrorCode, worker: WorkerId, message: impl ToString) -> Frame {
+    Frame::Error {
+        code,
+        worker: Some(worker),
+        message: message.to_string(),
+    }
+}
+
+async fn handle(
+    node: &Arc<Node>,
+    link: &mut NodeLink,
+    sink: &Sink,
+    outgoing: &mut mpsc::UnboundedReceiver<Frame>,
+    registered: &mut Option<String>,
+    frame: Frame,
+) -> Result<(), LinkError> {
+    let event = match link.machine.on_frame(&frame) {
+        Ok(event) => event,
+        Err(refusal) => {
+            tracing::debug!("refused: {refusal}");
+            return link.refuse(&refusal).await;
+        }
+    };
+    match event {
+        Event::Hello {
+            version,
+            peer,
+            name,
+        } => {
+            tracing::debug!(?peer, name, "hello");
+            link.send(Frame::Welcome {
+                version,
+                node_id: node.config.name.clone(),
+                role: node.config.role,
+            })
+            .await?;
+        }
+        Event::Ping { nonce } => link.send(Frame::Pong { nonce }).await?,
+        Event::StateBegin { .. } => {
+            let begin = Begin::from_event(&event).expect("a StateBegin event");
+            receive_worker(node, link, sink, begin).await?;
+        }
+        Event::Attach { worker, secret } => {
+            tracing::Span::current().record("worker", format!("{worker:032x}"));
+            let answer = match node.hosting.attach(worker, secret, sink) {
+                Ok(last_seq) => Frame::Attached { worker, last_seq },
+                Err(e @ AttachError::UnknownWorker(_)) => {
+                    worker_error(ErrorCode::UnknownWorker, worker, e)
+                }
+                Err(e @ AttachError::WrongSecret(_)) => {
+                    worker_error(ErrorCode::Unauthorized, worker, e)
+                }
+            };
+            link.send(answer).await?;
+        }
+        Event::Post {
+            worker,
+            seq,
+            payload,
+        } => {
+            if let Err(e) = node.hosting.post(worker, seq, payload.to_vec(), sink) {
+                let code = match e {
+                    PostError::UnknownWorker(_) => ErrorCode::UnknownWorker,
+                    PostError::Gap { .. } => ErrorCode::UnexpectedFrame,
+                };
+                link.send(worker_error(code, worker, e)).await?;
+            }
+        }
+        Event::MoveOut {
+            worker,
+            destination,
+        } => {
+            let task = handoff(node.clone(), worker, destination.to_owned(), sink.clone());
+            tokio::spawn(task.in_current_span());
+        }
+        Event::Return { worker } => return_worker(node, link, outgoing, worker).await?,
+        Event::Release { worker, .. } => {
+            if link.machine.is_attached(worker) {
+                node.hosting.release(worker);
+            }
+        }
+        Event::Pull {
+            worker,
+            secret,
+            source,
+            destination,
+        } => {
+            let task = pull(
+                node.clone(),
+                worker,
+                *secret,
+                source.to_owned(),
+                destination.to_owned(),
+                sink.clone(),
+            );
+            tokio::spawn(task.in_current_span());
+        }
+        Event::Register(registration) => {
+            tracing::info!(node = %registration.node_id, url = %registration.url, "node registered");
+            *registered = Some(registration.node_id.clone());
+            node.registry.register(registration.clone());
+        }
+        Event::Heartbeat {
+            workers,
+            free_memory,
+        } => {
+            if let Some(id) = registered {
+                node.registry.heartbeat(id, workers, free_memory);
+            }
+        }
+        Event::ListNodes => {
+            let nodes = node.registry.list();
+            link.send(Frame::Nodes { nodes }).await?;
+        }
+        Event::PeerError {
+            code,
+            worker,
+            message,
+        } => {
+            tracing::info!(?worker, "the peer reported an error ({code}): {message}");
+        }
+        Event::Goodbye { .. }
+        | Event::Pong { .. }
+        | Event::Welcome { .. }
+        | Event::ModuleData { .. }
+        | Event::ChunkData { .. }
+        | Event::TransferComplete { .. }
+        | Event::StateNeed { .. }
+        | Event::StateAdopted { .. }
+        | Event::Attached { .. }
+        | Event::Reply { .. }
+        | Event::Handled { .. }
+        | Event::WorkerFailed { .. }
+        | Event::Moved { .. }
+        | Event::Nodes(_) => {}
+    }
+    Ok(())
+}
+
+/// Receives a worker's state on this connection: a client's offload, or another node's
+/// handoff (which must carry a valid move token), and hosts it.
+async fn receive_worker(
+    node: &Arc<Node>,
+    link: &mut NodeLink,
+    sink: &Sink,
+    begin: Begin,
+) -> Result<(), LinkError> {
+    let worker = begin.worker;
+    tracing::Span::current().record("worker", format!("{worker:032x}"));
+    let from_node = link.machine.peer() == Some(PeerKind::Node);
+    let ctx = ReceiveContext {
+        cache: &node.cache,
+        runtime: node.hosting.runtime(),
+        frame_limits: node.config.frame_limits,
+        token: from_node.then(|| (node.config.token_key(), node.config.public_url.as_str())),
+    };
+    let arrived = match receive_state(link, begin, &ctx).await {
+        Ok(arrived) => arrived,
+        Err(ReceiveStateError::Link(e)) => {
+            count_offload(node, from_node, false);
+            return Err(e);
+        }
+        Err(_) => {
+            count_offload(node, from_node, false);
+            return Ok(());
+        }
+    };
+    // A client's own offload goes on being used on this connection; state from a node
+    // waits for its client to attach.
+    let replies_to = (!from_node).then(|| sink.clone());
+    let answer = match node
+        .hosting
+        .adopt(
+            worker,
+            arrived.owner,
+            arrived.module,
+            arrived.snapshot,
+            replies_to,
+        )
+        .await
+    {
+        Ok(last_seq) => {
+            tracing::info!(last_seq, "worker adopted");
+            count_offload(node, from_node, true);
+            Frame::StateAdopted { worker, last_seq }
+        }
+        Err(e) => {
+            count_offload(node, from_node, false);
+            let code = match e {
+                crate::hosting::AdoptError::OtherOwner(_) => ErrorCode::Unauthorized,
+                crate::hosting::AdoptError::Restore(_) => ErrorCode::SnapshotRefused,
+                crate::hosting::AdoptError::Thread(_) => ErrorCode::Internal,
+            };
+            worker_error(code, worker, e)
+        }
+    };
+    link.send(answer).await
+}
+
+fn count_offload(node: &Node, from_node: bool, ok: bool) {
+    if !from_node {
+        node.metrics.record_move(MoveKind::Offload, ok);
+    }
+}
+
+fn begin_move_code(e: &BeginMoveError) -> ErrorCode {
+    match e {
+        BeginMoveError::UnknownWorker(_) => ErrorCode::UnknownWorker,
+        BeginMoveError::AlreadyMoving(_) => ErrorCode::Busy,
+        BeginMoveError::Capture(..) => ErrorCode::WorkerFailed,
+    }
+}
+
+/// Return: the worker finishes what it took, is captured, and its state goes back to the
+/// client on this connection; it is dropped here once the client adopted it.
+async fn return_worker(
+    node: &Arc<Node>,
+    link: &mut NodeLink,
+    outgoing: &mut mpsc::UnboundedReceiver<Frame>,
+    worker: WorkerId,
+) -> Result<(), LinkError> {
+    tracing::Span::current().record("worker", format!("{worker:032x}"));
+    let captured = match node.hosting.begin_move(worker).await {
+        Ok(captured) => captured,
+        Err(e) => {
+            node.metrics.record_move(MoveKind::Return, false);
+            return link
+                .send(worker_error(begin_move_code(&e), worker, e))
+                .await;
+        }
+    };
+    // The replies of the messages the worker finished go out before its state.
+    while let Ok(frame) = outgoing.try_recv() {
+        link.send(frame).await?;
+    }
+    let package = Package {
+        worker,
+        owner: captured.owner,
+        module: captured.module,
+        snapshot: captured.snapshot,
+    };
+    match send_state(link, &package, None).await {
+        Ok(last_seq) => {
+            tracing::info!(last_seq, "worker returned to its client");
+            node.hosting.end_move(worker, true);
+            node.metrics.record_move(MoveKind::Return, true);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!("return failed, the worker stays: {e}");
+            node.hosting.end_move(worker, false);
+            node.metrics.record_move(MoveKind::Return, false);
+            match e {
+                SendStateError::Link(e) => Err(e),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Why a handoff or a fallback failed.
+#[derive(Debug, thiserror::Error)]
+enum MoveError {
+    /// {0}
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    /// {0}
+    #[error("{0}")]
+    Capture(#[from] BeginMoveError),
+    /// {0}
+    #[error("{0}")]
+    Send(#[from] SendStateError),
+    /// {0}
+    #[error("{0}")]
+    Receive(#[from] ReceiveStateError),
+    /// the source refused ({code}): {message}
+    #[error("the source refused ({code}): {message}")]
+    SourceRefused {
+        /// Its reason.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// the source broke off: {0}
+    #[error("the source broke off: {0}")]
+    Source(String),
+    /// the worker could not be hosted here: {0}
+    #[error("the worker could not be hosted here: {0}")]
+    Adopt(#[from] crate::hosting::AdoptError),
+}
+
+impl MoveError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            MoveError::Connect(_) | MoveError::Source(_) => ErrorCode::Internal,
+            MoveError::Capture(e) => begin_move_code(e),
+            MoveError::Send(e) => e.code(),
+            MoveError::Receive(e) => e.code(),
+            MoveError::SourceRefused { code, .. } => *code,
+            MoveError::Adopt(_) => ErrorCode::SnapshotRefused,
+        }
+    }
+}
+
+/// Sends `package` to the node at `destination` with a move token from `source`.
+async fn forward(node: &Node, package: &Package, destination: &str) -> Result<u64, MoveError> {
+    let mut link = connect(
+        destination,
+        &node.config.name,
+        node.config.frame_limits,
+        node.metrics.clone(),
+    )
+    .await?;
+    let token = MoveToken::issue(
+        node.config.token_key(),
+        package.worker,
+        &node.config.public_url,
+        destination,
+        now_unix_ms() + TOKEN_LIFETIME_MS,
+    );
+    let result = send_state(&mut link, package, Some(token)).await;
+    if !link.machine.is_closed() {
+        let _ = link
+            .send(Frame::Goodbye {
+                reason: "move done".into(),
+            })
+            .await;
+    }
+    link.wire.finish().await;
+    Ok(result?)
+}
+
+/// Handoff: hands the worker to `destination` directly, then tells the client where it
+/// runs. If the destination refuses or cannot be reached the worker resumes here.
+async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: Sink) {
+    tracing::Span::current().record("worker", format!("{worker:032x}"));
+    let result = async {
+        let captured = node.hosting.begin_move(worker).await?;
+        let package = Package {
+            worker,
+            owner: captured.owner,
+            module: captured.module,
+            snapshot: captured.snapshot,
+        };
+        let moved = forward(&node, &package, &destination).await;
+        node.hosting.end_move(worker, moved.is_ok());
+        moved
+    }
+    .await;
+    let frame = match result {
+        Ok(last_seq) => {
+            tracing::info!(%destination, last_seq, "handoff done");
+            node.metrics.record_move(MoveKind::Handoff, true);
+            Frame::Moved {
+                worker,
+                destination,
+                last_seq,
+            }
+        }
+        Err(e) => {
+            tracing::info!(%destination, "handoff failed, the worker stays: {e}");
+            node.metrics.record_move(MoveKind::Handoff, false);
+            worker_error(
+                e.code(),
+                worker,
+                format!("the worker stays here: its handoff to {destination} failed: {e}"),
+            )
+        }
+    };
+    let _ = sink.send(frame);
+}
+
+/// Fallback (cloud): fetches the worker from `source` for its client, then hosts it here
+/// or forwards it to `destination`, and tells the client where it runs. The source keeps
+/// its copy until the worker runs at the destination.
+async fn pull(
+    node: Arc<Node>,
+    worker: WorkerId,
+    secret: [u8; 32],
+    source: String,
+    destination: String,
+    sink: Sink,
+) {
+    tracing::Span::current().record("worker", format!("{worker:032x}"));
+    let result = pull_inner(&node, worker, secret, &source, &destination).await;
+    let frame = match result {
+        Ok(last_seq) => {
+            tracing::info!(%source, %destination, last_seq, "fallback done");
+            node.metrics.record_move(MoveKind::Fallback, true);
+            Frame::Moved {
+                worker,
+                destination,
+                last_seq,
+            }
+        }
+        Err(e) => {
+            tracing::info!(%source, %destination, "fallback failed: {e}");
+            node.metrics.record_move(MoveKind::Fallback, false);
+            worker_error(
+                e.code(),
+                worker,
+                format!("cannot fetch the worker from {source} for {destination}: {e}"),
+            )
+        }
+    };
+    let _ = sink.send(frame);
+}
+
+async fn pull_inner(
+    node: &Node,
+    worker: WorkerId,
+    secret: [u8; 32],
+    source: &str,
+    destination: &str,
+) -> Result<u64, MoveError> {
+    let mut from = connect(
+        source,
+        &node.config.name,
+        node.config.frame_limits,
+        node.metrics.clone(),
+    )
+    .await?;
+    let result = pull_from(node, &mut from, worker, secret, destination).await;
+    if !from.machine.is_closed() {
+        let _ = from
+            .send(Frame::Goodbye {
+                reason: "fallback done".into(),
+            })
+            .await;
+    }
+    from.wire.finish().await;
+    result
+}
+
+async fn pull_from<W: Wire>(
+    node: &Node,
+    from: &mut Link<W, roam_proto::ClientSession>,
+    worker: WorkerId,
+    secret: [u8; 32],
+    destination: &str,
+) -> Result<u64, MoveError> {
+    let source_gone = |e: LinkError| MoveError::Source(e.to_string());
+    from.send(Frame::Attach { worker, secret })
+        .await
+        .map_err(source_gone)?;
+    let mut returning = false;
+    let begin = loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(60), from.next_frame())
+            .await
+            .map_err(|_| MoveError::Source("no answer within 60 s".into()))?
+            .map_err(source_gone)?;
+        match from.machine.on_frame(&frame) {
+            Ok(Event::Attached { .. }) if !returning => {
+                returning = true;
+                from.send(Frame::Return { worker })
+                    .await
+                    .map_err(source_gone)?;
+            }
+            Ok(event @ Event::StateBegin { .. }) => {
+                break Begin::from_event(&event).expect("a StateBegin event")
+            }
+            Ok(Event::PeerError { code, message, .. }) => {
+                return Err(MoveError::SourceRefused {
+                    code,
+                    message: message.to_owned(),
+                })
+            }
+            Ok(Event::Goodbye { reason }) => return Err(MoveError::Source(reason.to_owned())),
+            Ok(Event::Ping { nonce }) => from
+                .send(Frame::Pong { nonce })
+                .await
+                .map_err(source_gone)?,
+            // The replies of the message the source finishes before capturing: their
+            // client replays what it did not see acknowledged.
+            Ok(_) => {}
+            Err(refusal) => {
+                let _ = from.refuse(&refusal).await;
+                return Err(MoveError::Source(refusal.to_string()));
+            }
+        }
+    };
+    let ctx = ReceiveContext {
+        cache: &node.cache,
+        runtime: node.hosting.runtime(),
+        frame_limits: node.config.frame_limits,
+        token: None,
+    };
+    let arrived = receive_state(from, begin, &ctx).await?;
+    let outcome = if destination == node.config.public_url {
+        node.hosting
+            .adopt(
+                worker,
+                arrived.owner,
+                arrived.module,
+                arrived.snapshot,
+                None,
+            )
+            .await
+            .map_err(MoveError::from)
+    } else {
+        let package = Package {
+            worker,
+            owner: arrived.owner,
+            module: arrived.module,
+            snapshot: arrived.snapshot,
+        };
+        forward(node, &package, destination).await
+    };
+    // Only now may the source drop its copy: the worker runs at the destination.
+    let answer = match &outcome {
+        Ok(last_seq) => Frame::StateAdopted {
+            worker,
+            last_seq: *last_seq,
+        },
+        Err(e) => worker_error(e.code(), worker, e),
+    };
+    let _ = from.send(answer).await;
+    outcome
+}

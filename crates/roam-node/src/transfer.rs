@@ -1,0 +1,511 @@
+//! Sending and receiving a worker's state over a link: the exchange StateBegin →
+//! StateNeed → ModuleData* → ChunkData* → StateEnd → StateAdopted, shared by every move
+//! (offload and handoff received, handoff and return sent, the cloud's fallback both
+//! ways). Everything received is checked here before it is used: the move token, the
+//! manifest against the node's caps, the module bytes against their hash, every chunk
+//! body against the manifest.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use roam_proto::{
+    ChunkHash, ErrorCode, Event, Frame, FrameLimits, ModuleHash, MoveToken, ProtocolError,
+    TokenError, WorkerId,
+};
+use roam_runtime::{LoadError, Runtime, WorkerModule};
+use roam_snapshot::{ChunkBody, DecodeLimits, DecodeSnapshotError, Manifest, Snapshot};
+use sha2::{Digest, Sha256};
+
+use crate::cache::ModuleCache;
+use crate::link::{Link, LinkError, Machine, Wire};
+
+/// Module bytes travel in pieces of this size.
+const MODULE_PIECE: usize = 1 << 20;
+
+/// Chunk bodies are grouped into ChunkData frames of about this many bytes.
+const CHUNK_BATCH: usize = 1 << 20;
+
+/// How long this side waits for the peer's next frame during a transfer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Milliseconds since the Unix epoch, the clock of move tokens.
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A worker's state ready to travel.
+pub(crate) struct Package {
+    /// The worker.
+    pub worker: WorkerId,
+    /// Sha-256 of its secret.
+    pub owner: [u8; 32],
+    /// Its module.
+    pub module: Arc<WorkerModule>,
+    /// Its state.
+    pub snapshot: Snapshot,
+}
+
+/// Why this side's transfer did not end with StateAdopted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendStateError {
+    /// the receiver refused worker {worker:032x} ({code}): {message}
+    #[error("the receiver refused worker {worker:032x} ({code}): {message}")]
+    Refused {
+        /// The worker.
+        worker: WorkerId,
+        /// Its reason.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// the receiver asked for chunk {0:032x}, which the snapshot does not hold
+    #[error("the receiver asked for chunk {0:032x}, which the snapshot does not hold")]
+    UnknownChunk(ChunkHash),
+    /// the transfer broke the protocol: {0}
+    #[error("the transfer broke the protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// the receiver left: {0}
+    #[error("the receiver left: {0}")]
+    Left(String),
+    /// the receiver did not answer within {0:?}
+    #[error("the receiver did not answer within {0:?}")]
+    Timeout(Duration),
+    /// {0}
+    #[error("{0}")]
+    Link(#[from] LinkError),
+}
+
+impl SendStateError {
+    /// The code to report the failure with.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            SendStateError::Refused { code, .. } => *code,
+            SendStateError::Protocol(e) => e.code(),
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+async fn next<W: Wire, M: Machine>(link: &mut Link<W, M>) -> Result<Frame, SendStateError> {
+    tokio::time::timeout(PEER_TIMEOUT, link.next_frame())
+        .await
+        .map_err(|_| SendStateError::Timeout(PEER_TIMEOUT))?
+        .map_err(SendStateError::from)
+}
+
+/// Sends `package` on a link whose state machine may send StateBegin now, and waits for
+/// StateAdopted: the last message the receiver's restored worker had handled.
+pub(crate) async fn send_state<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    package: &Package,
+    token: Option<MoveToken>,
+) -> Result<u64, SendStateError> {
+    let worker = package.worker;
+    let module_bytes = package.module.bytes();
+    link.send(Frame::StateBegin {
+        worker,
+        module_hash: *package.module.hash(),
+        module_len: module_bytes.len() as u32,
+        owner: package.owner,
+        token,
+        manifest: package.snapshot.manifest.encode(),
+    })
+    .await?;
+    loop {
+        let frame = next(link).await?;
+        match link.machine.on_frame(&frame) {
+            Ok(Event::StateNeed { module, chunks, .. }) => {
+                let chunks = chunks.to_vec();
+                send_needed(link, package, module, &chunks).await?;
+            }
+            Ok(Event::StateAdopted { last_seq, .. }) => return Ok(last_seq),
+            Ok(Event::PeerError {
+                worker: Some(w),
+                code,
+                message,
+            }) if w == worker => {
+                return Err(SendStateError::Refused {
+                    worker,
+                    code,
+                    message: message.to_owned(),
+                })
+            }
+            Ok(Event::PeerError {
+                worker: None,
+                code,
+                message,
+            }) => return Err(SendStateError::Left(format!("{code}: {message}"))),
+            Ok(Event::Goodbye { reason }) => return Err(SendStateError::Left(reason.to_owned())),
+            Ok(Event::Ping { nonce }) => link.send(Frame::Pong { nonce }).await?,
+            Ok(_) => {}
+            Err(refusal) => {
+                link.refuse(&refusal).await?;
+                if link.machine.is_ready() || link.machine.is_closed() {
+                    return Err(refusal.into());
+                }
+            }
+        }
+    }
+}
+
+/// Sends what the receiver asked for, then StateEnd.
+async fn send_needed<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    package: &Package,
+    module: bool,
+    chunks: &[ChunkHash],
+) -> Result<(), SendStateError> {
+    let worker = package.worker;
+    if module {
+        let bytes = package.module.bytes();
+        for (i, piece) in bytes.chunks(MODULE_PIECE).enumerate() {
+            link.send(Frame::ModuleData {
+                module_hash: *package.module.hash(),
+                offset: (i * MODULE_PIECE) as u32,
+                bytes: piece.to_vec(),
+            })
+            .await?;
+        }
+    }
+    let mut batch = Vec::new();
+    let mut batch_len = 0;
+    for &hash in chunks {
+        let Some(body) = package.snapshot.body(hash) else {
+            let error = SendStateError::UnknownChunk(hash);
+            link.send(Frame::Error {
+                code: ErrorCode::Malformed,
+                worker: Some(worker),
+                message: error.to_string(),
+            })
+            .await?;
+            return Err(error);
+        };
+        batch_len += body.encoded_len();
+        batch.push(body.encode());
+        if batch_len >= CHUNK_BATCH {
+            let bodies = std::mem::take(&mut batch);
+            batch_len = 0;
+            link.send(Frame::ChunkData { worker, bodies }).await?;
+        }
+    }
+    if !batch.is_empty() {
+        link.send(Frame::ChunkData {
+            worker,
+            bodies: batch,
+        })
+        .await?;
+    }
+    link.send(Frame::StateEnd { worker }).await?;
+    Ok(())
+}
+
+/// A StateBegin, copied out of the frame so the link can go on receiving.
+pub(crate) struct Begin {
+    pub worker: WorkerId,
+    pub module_hash: ModuleHash,
+    pub owner: [u8; 32],
+    pub token: Option<MoveToken>,
+    pub manifest: Vec<u8>,
+}
+
+impl Begin {
+    /// Copies the fields of a StateBegin event.
+    pub(crate) fn from_event(event: &Event<'_>) -> Option<Begin> {
+        match event {
+            Event::StateBegin {
+                worker,
+                module_hash,
+                owner,
+                token,
+                manifest,
+                ..
+            } => Some(Begin {
+                worker: *worker,
+                module_hash: **module_hash,
+                owner: **owner,
+                token: token.cloned(),
+                manifest: manifest.to_vec(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What the receiving side checks and uses.
+pub(crate) struct ReceiveContext<'a> {
+    pub cache: &'a ModuleCache,
+    pub runtime: &'a Runtime,
+    pub frame_limits: FrameLimits,
+    /// The token check, for state sent by another node: the cluster key and this node's
+    /// URL. `None` for state a client sends (offload) or a node returns to the cloud.
+    pub token: Option<(&'a [u8], &'a str)>,
+}
+
+/// State received and checked, not yet restored.
+pub(crate) struct Arrived {
+    pub owner: [u8; 32],
+    pub module: Arc<WorkerModule>,
+    pub snapshot: Snapshot,
+}
+
+/// Why received state was refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReceiveStateError {
+    /// state for worker {0:032x} came from a node without a move token
+    #[error("state for worker {0:032x} came from a node without a move token")]
+    MissingToken(WorkerId),
+    /// {0}
+    #[error("{0}")]
+    BadToken(#[from] TokenError),
+    /// the snapshot's manifest is over this node's cap: {0}
+    #[error("the snapshot's manifest is over this node's cap: {0}")]
+    OverCap(DecodeSnapshotError),
+    /// the snapshot's manifest does not decode: {0}
+    #[error("the snapshot's manifest does not decode: {0}")]
+    Manifest(DecodeSnapshotError),
+    /// the manifest names module {manifest}, but StateBegin names module {begin}
+    #[error("the manifest names module {manifest}, but StateBegin names module {begin}")]
+    ManifestModule {
+        /// Hex of the manifest's module hash.
+        manifest: String,
+        /// Hex of StateBegin's.
+        begin: String,
+    },
+    /// the module's bytes hash to {found}, not to {expected}
+    #[error("the module's bytes hash to {found}, not to {expected}")]
+    ModuleMismatch {
+        /// The hash StateBegin named.
+        expected: String,
+        /// The hash of the bytes received.
+        found: String,
+    },
+    /// the module cannot run here: {0}
+    #[error("the module cannot run here: {0}")]
+    Module(#[from] LoadError),
+    /// a chunk body does not decode: {0}
+    #[error("a chunk body does not decode: {0}")]
+    Chunk(DecodeSnapshotError),
+    /// the chunk bodies do not fit the manifest: {0}
+    #[error("the chunk bodies do not fit the manifest: {0}")]
+    Parts(DecodeSnapshotError),
+    /// the module cache failed: {0}
+    #[error("the module cache failed: {0}")]
+    Cache(String),
+    /// the sender broke the protocol: {0}
+    #[error("the sender broke the protocol: {0}")]
+    Protocol(ProtocolError),
+    /// the sender gave up ({code}): {message}
+    #[error("the sender gave up ({code}): {message}")]
+    Abandoned {
+        /// Its reason.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// the sender did not go on within {0:?}
+    #[error("the sender did not go on within {0:?}")]
+    Timeout(Duration),
+    /// {0}
+    #[error("{0}")]
+    Link(#[from] LinkError),
+}
+
+impl ReceiveStateError {
+    /// The code of the Error frame this side sends about it.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            ReceiveStateError::MissingToken(_) | ReceiveStateError::BadToken(_) => {
+                ErrorCode::BadToken
+            }
+            ReceiveStateError::OverCap(_) => ErrorCode::TooLarge,
+            ReceiveStateError::Manifest(_)
+            | ReceiveStateError::ManifestModule { .. }
+            | ReceiveStateError::Chunk(_) => ErrorCode::Malformed,
+            ReceiveStateError::ModuleMismatch { .. } => ErrorCode::ModuleMismatch,
+            ReceiveStateError::Module(_) | ReceiveStateError::Parts(_) => {
+                ErrorCode::SnapshotRefused
+            }
+            ReceiveStateError::Protocol(e) => e.code(),
+            ReceiveStateError::Abandoned { code, .. } => *code,
+            ReceiveStateError::Cache(_)
+            | ReceiveStateError::Timeout(_)
+            | ReceiveStateError::Link(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Whether this side still has to tell the sender (the sender's own Error, a
+    /// refusal already sent and a dead link need nothing more).
+    fn needs_answer(&self) -> bool {
+        !matches!(
+            self,
+            ReceiveStateError::Protocol(_)
+                | ReceiveStateError::Abandoned { .. }
+                | ReceiveStateError::Link(_)
+        )
+    }
+}
+
+/// The chunk bodies a receiver asks for: each distinct chunk of the manifest that it does
+/// not already hold. Deltas against earlier visits will make `held` say yes.
+pub(crate) fn chunks_to_ask(
+    manifest: &Manifest,
+    held: impl Fn(ChunkHash) -> bool,
+) -> Vec<ChunkHash> {
+    let mut seen = std::collections::HashSet::with_capacity(manifest.chunks.len());
+    manifest
+        .chunks
+        .iter()
+        .map(|c| c.hash)
+        .filter(|&hash| seen.insert(hash) && !held(hash))
+        .collect()
+}
+
+/// Receives the rest of the transfer that `begin` opened on `link` (the state machine has
+/// accepted the StateBegin), checking everything on the way. On failure the sender has
+/// been told with an Error frame naming the worker, and nothing was created.
+pub(crate) async fn receive_state<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    begin: Begin,
+    ctx: &ReceiveContext<'_>,
+) -> Result<Arrived, ReceiveStateError> {
+    let worker = begin.worker;
+    let result = receive_inner(link, begin, ctx).await;
+    if let Err(e) = &result {
+        tracing::info!("refusing the state of worker {worker:032x}: {e}");
+        if e.needs_answer() {
+            let _ = link
+                .send(Frame::Error {
+                    code: e.code(),
+                    worker: Some(worker),
+                    message: e.to_string(),
+                })
+                .await;
+        }
+    }
+    result
+}
+
+async fn receive_inner<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    begin: Begin,
+    ctx: &ReceiveContext<'_>,
+) -> Result<Arrived, ReceiveStateError> {
+    let worker = begin.worker;
+    if let Some((key, own_url)) = ctx.token {
+        let token = begin
+            .token
+            .as_ref()
+            .ok_or(ReceiveStateError::MissingToken(worker))?;
+        token.verify(key, worker, own_url, now_unix_ms())?;
+    }
+    let limits = DecodeLimits {
+        max_encoded_len: u64::from(ctx.frame_limits.max_frame),
+        max_memory_size: ctx.runtime.config().limits.max_memory,
+        ..DecodeLimits::default()
+    };
+    let manifest = Manifest::decode(&begin.manifest, &limits).map_err(|e| match e {
+        DecodeSnapshotError::MemoryTooLarge { .. } | DecodeSnapshotError::TooLarge { .. } => {
+            ReceiveStateError::OverCap(e)
+        }
+        e => ReceiveStateError::Manifest(e),
+    })?;
+    if manifest.module_hash != begin.module_hash {
+        return Err(ReceiveStateError::ManifestModule {
+            manifest: hex::encode(manifest.module_hash),
+            begin: hex::encode(begin.module_hash),
+        });
+    }
+    let mut module_bytes = ctx.cache.get(&begin.module_hash);
+    let need_module = module_bytes.is_none();
+    let chunks = chunks_to_ask(&manifest, |_| false);
+    link.send(Frame::StateNeed {
+        worker,
+        module: need_module,
+        chunks,
+    })
+    .await?;
+
+    let mut received_module = Vec::new();
+    let mut bodies = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(PEER_TIMEOUT, link.next_frame())
+            .await
+            .map_err(|_| ReceiveStateError::Timeout(PEER_TIMEOUT))??;
+        match link.machine.on_frame(&frame) {
+            Ok(Event::ModuleData {
+                bytes, complete, ..
+            }) => {
+                received_module.extend_from_slice(bytes);
+                if complete {
+                    let found: ModuleHash = Sha256::digest(&received_module).into();
+                    if found != begin.module_hash {
+                        return Err(ReceiveStateError::ModuleMismatch {
+                            expected: hex::encode(begin.module_hash),
+                            found: hex::encode(found),
+                        });
+                    }
+                    ctx.cache
+                        .put(&found, &received_module)
+                        .map_err(|e| ReceiveStateError::Cache(e.to_string()))?;
+                    module_bytes = Some(std::mem::take(&mut received_module));
+                }
+            }
+            Ok(Event::ChunkData { bodies: data, .. }) => {
+                for encoded in data {
+                    bodies.push(ChunkBody::decode(encoded).map_err(ReceiveStateError::Chunk)?);
+                }
+            }
+            Ok(Event::TransferComplete { .. }) => break,
+            Ok(Event::Ping { nonce }) => link.send(Frame::Pong { nonce }).await?,
+            Ok(Event::PeerError {
+                code,
+                message,
+                worker: w,
+            }) if w.is_none() || w == Some(worker) => {
+                return Err(ReceiveStateError::Abandoned {
+                    code,
+                    message: message.to_owned(),
+                })
+            }
+            Ok(Event::Goodbye { reason }) => {
+                return Err(ReceiveStateError::Abandoned {
+                    code: ErrorCode::ShuttingDown,
+                    message: reason.to_owned(),
+                })
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                link.refuse(&refusal).await?;
+                if link.machine.is_ready() || link.machine.is_closed() {
+                    return Err(ReceiveStateError::Protocol(refusal));
+                }
+            }
+        }
+    }
+    let module_bytes = match module_bytes {
+        Some(bytes) => bytes,
+        // The module was asked for and the state machine saw all of it; an empty module
+        // (length 0) never completes a piece.
+        None => received_module,
+    };
+    let snapshot = Snapshot::from_parts(manifest, bodies).map_err(ReceiveStateError::Parts)?;
+    let runtime = ctx.runtime.clone();
+    let module = tokio::task::spawn_blocking(move || runtime.load(&module_bytes))
+        .await
+        .map_err(|e| ReceiveStateError::Cache(e.to_string()))??;
+    if *module.hash() != begin.module_hash {
+        // Only bytes that were not prepared hash differently once prepared.
+        return Err(ReceiveStateError::ModuleMismatch {
+            expected: hex::encode(begin.module_hash),
+            found: hex::encode(module.hash()),
+        });
+    }
+    Ok(Arrived {
+        owner: begin.owner,
+        module,
+        snapshot,
+    })
+}

@@ -1,0 +1,7 @@
+//! roam-node's tests: real nodes on 127.0.0.1 port 0, driven by a frame-level client.
+
+mod bad_input;
+mod basics;
+mod lifecycle;
+mod moves;
+mod support;
