@@ -2,77 +2,14 @@
 //! process on 127.0.0.1 port 0. For every example worker and a plan that makes every kind
 //! of move, the replies are byte-identical to the all-local run.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::path::Path;
+use std::process::Command;
 
 use roam_cli::records::encode_records;
 use roam_cli::workloads;
-
-fn workers_dir() -> PathBuf {
-    std::env::var_os("ROAM_WORKERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/workers"))
-}
-
-fn worker(name: &str) -> PathBuf {
-    let path = workers_dir().join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the workers with `cargo xtask build-workers`",
-        path.display()
-    );
-    path
-}
-
-/// A `roam serve` process, killed when dropped.
-struct Node {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(role: &str, cloud: Option<&str>) -> Node {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roam"));
-        cmd.args([
-            "serve",
-            "--role",
-            role,
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-        if let Some(cloud) = cloud {
-            cmd.args(["--cloud", cloud]);
-        }
-        let mut child = cmd.spawn().expect("roam serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no URL in `{line}`"))
-            .to_string();
-        Node {
-            child,
-            url,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{worker, Node};
 
 fn exec(dir: &Path, wasm: &Path, input: &[u8], extra: &[String]) -> Vec<u8> {
     let messages = dir.join("in.rec");

@@ -51,6 +51,12 @@ pub enum ClientError {
     /// the worker's state did not arrive whole: {0}
     #[error("the worker's state did not arrive whole: {0}")]
     State(String),
+    /// {cause}; the worker cannot be recovered: the client holds no snapshot of it with every message since
+    #[error("{cause}; the worker cannot be recovered: the client holds no snapshot of it with every message since")]
+    Unrecoverable {
+        /// What happened to the node.
+        cause: String,
+    },
     /// {0}
     #[error("{0}")]
     Usage(String),

@@ -6,6 +6,15 @@
 //! `last_seq`, and drops any reply for a sequence number it has already delivered. So a
 //! message is handled once by the worker's state, wherever that state went, and each reply
 //! reaches the application once, in order.
+//!
+//! When the worker runs on a node, the handle also keeps a *recovery point*: the last
+//! snapshot of the worker it holds itself (taken when it offloaded the worker) and every
+//! message posted since. If the node dies — its connection breaks, or the cloud cannot
+//! reach it — the handle restores that snapshot locally and handles those messages again,
+//! delivering only the replies the application has not had yet, then carries on with what
+//! it was doing (a move continues from here). For a worker whose replies and state depend
+//! only on its messages, the application cannot tell. `docs/protocol.md` states the
+//! guarantee.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -57,6 +66,9 @@ pub enum MoveKind {
     Fallback,
     /// Node to local.
     Return,
+    /// The node holding the worker died: the client restored its own last snapshot,
+    /// replayed the messages since, and then made the move from here.
+    Recovery,
 }
 
 impl std::fmt::Display for MoveKind {
@@ -66,6 +78,7 @@ impl std::fmt::Display for MoveKind {
             MoveKind::Handoff => "handoff",
             MoveKind::Fallback => "fallback",
             MoveKind::Return => "return",
+            MoveKind::Recovery => "recovery",
         })
     }
 }
@@ -106,6 +119,10 @@ pub struct WorkerOptions {
     pub client_name: String,
     /// The local runtime's settings.
     pub runtime: RuntimeConfig,
+    /// Most bytes of messages kept to recover the worker should its node die. Past this,
+    /// the recovery point is given up (with a warning) until the worker's state next
+    /// passes through the client.
+    pub recovery_bytes: usize,
 }
 
 impl Default for WorkerOptions {
@@ -114,6 +131,7 @@ impl Default for WorkerOptions {
             window: 8,
             client_name: "roam-client".into(),
             runtime: RuntimeConfig::default(),
+            recovery_bytes: 256 << 20,
         }
     }
 }
@@ -147,7 +165,18 @@ pub struct WorkerHandle {
     in_flight: usize,
     /// Highest sequence number whose replies have all been delivered.
     delivered: u64,
+    /// Replies already delivered of the message after `delivered` (its Handled not seen).
+    partial: u32,
     replies: VecDeque<Reply>,
+    /// What to restore locally if the node holding the worker dies.
+    recovery: Option<Recovery>,
+}
+
+/// The last snapshot of the worker this client holds, and every message posted since.
+struct Recovery {
+    snapshot: Snapshot,
+    messages: VecDeque<(u64, Vec<u8>)>,
+    bytes: usize,
 }
 
 impl WorkerHandle {
@@ -177,7 +206,9 @@ impl WorkerHandle {
             log: VecDeque::new(),
             in_flight: 0,
             delivered: 0,
+            partial: 0,
             replies: VecDeque::new(),
+            recovery: None,
         })
     }
 
@@ -204,6 +235,17 @@ impl WorkerHandle {
     pub async fn post(&mut self, payload: Vec<u8>) -> Result<u64, ClientError> {
         let seq = self.next_seq;
         self.next_seq += 1;
+        if let Some(recovery) = &mut self.recovery {
+            recovery.bytes += payload.len();
+            recovery.messages.push_back((seq, payload.clone()));
+            if recovery.bytes > self.options.recovery_bytes {
+                tracing::warn!(
+                    "more than {} bytes of messages since the last snapshot: the worker can no longer be recovered if its node dies",
+                    self.options.recovery_bytes
+                );
+                self.recovery = None;
+            }
+        }
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
         Ok(seq)
@@ -243,8 +285,12 @@ impl WorkerHandle {
                     seq,
                     payload: payload.clone(),
                 };
-                conn.send(&frame).await?;
-                self.in_flight += 1;
+                match conn.send(&frame).await {
+                    Ok(()) => self.in_flight += 1,
+                    // The recovery replays this message too.
+                    Err(e) if is_lost(&e) => self.recover(e)?,
+                    Err(e) => return Err(e),
+                }
             }
             Placement::Nowhere => {
                 return Err(ClientError::Usage(
@@ -287,11 +333,69 @@ impl WorkerHandle {
         while self.log.front().is_some_and(|(s, _)| *s <= seq) {
             self.log.pop_front();
         }
-        self.delivered = self.delivered.max(seq);
+        if seq > self.delivered {
+            self.delivered = seq;
+            self.partial = 0;
+        }
     }
 
-    /// Reads one frame from the node and takes in what it says about messages.
+    /// The node holding the worker is gone: restore the recovery point locally and handle
+    /// every message since, delivering only replies the application has not had.
+    fn recover(&mut self, cause: ClientError) -> Result<(), ClientError> {
+        let Some(recovery) = self.recovery.take() else {
+            return Err(ClientError::Unrecoverable {
+                cause: cause.to_string(),
+            });
+        };
+        tracing::warn!(
+            "{cause}; recovering the worker locally from message {} and replaying {} messages",
+            recovery.snapshot.manifest.last_seq,
+            recovery.messages.len()
+        );
+        let mut worker = self
+            .runtime
+            .restore(&self.module, &recovery.snapshot)
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        for (seq, payload) in &recovery.messages {
+            let replies: Vec<Vec<u8>> = worker
+                .deliver(payload)
+                .map_err(|e| ClientError::WorkerFailed {
+                    seq: *seq,
+                    reason: e.to_string(),
+                })?
+                .map(<[u8]>::to_vec)
+                .collect();
+            let skip = if *seq == self.delivered + 1 {
+                self.partial as usize
+            } else {
+                0
+            };
+            if *seq > self.delivered {
+                for payload in replies.into_iter().skip(skip) {
+                    self.replies.push_back(Reply { seq: *seq, payload });
+                }
+            }
+            self.handled_through(*seq);
+        }
+        self.placement = Placement::Local(Box::new(worker));
+        self.in_flight = 0;
+        Ok(())
+    }
+
+    /// Reads one frame from the node and takes in what it says about messages; if the node
+    /// is gone, recovers the worker locally.
     async fn pump(&mut self) -> Result<Option<Frame>, ClientError> {
+        match self.pump_raw().await {
+            Err(e) if is_lost(&e) => {
+                self.recover(e)?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// [`pump`](Self::pump) without recovery, for moves: their caller recovers.
+    async fn pump_raw(&mut self) -> Result<Option<Frame>, ClientError> {
         let Placement::Remote(conn) = &mut self.placement else {
             return Ok(None);
         };
@@ -305,6 +409,7 @@ impl WorkerHandle {
             Frame::Reply { seq, payload, .. } => {
                 // A message replayed after a move may repeat replies already delivered.
                 if seq > self.delivered {
+                    self.partial += 1;
                     self.replies.push_back(Reply { seq, payload });
                 }
                 None
@@ -324,7 +429,47 @@ impl WorkerHandle {
     pub async fn move_to(&mut self, to: Place) -> Result<Option<MoveReport>, ClientError> {
         let started = Instant::now();
         let from = self.place();
-        let (kind, client_bytes, replayed) = match (&from, &to) {
+        match self.move_once(&from, &to).await {
+            Ok(None) => Ok(None),
+            Ok(Some((kind, client_bytes, replayed))) => Ok(Some(MoveReport {
+                kind,
+                from: from.to_string(),
+                to: self.place().to_string(),
+                duration: started.elapsed(),
+                client_bytes,
+                replayed,
+            })),
+            // The node holding the worker died (or the cloud cannot reach it): take the
+            // worker back from the recovery point and make the move from here.
+            Err(e) if from != Place::Local && is_lost(&e) => {
+                self.recover(e)?;
+                let destination = match &to {
+                    Place::Relay { to, .. } => Place::Node(to.clone()),
+                    other => other.clone(),
+                };
+                let done = Box::pin(self.move_once(&Place::Local, &destination)).await?;
+                let (_, client_bytes, replayed) = done.unwrap_or((MoveKind::Return, 0, 0));
+                Ok(Some(MoveReport {
+                    kind: MoveKind::Recovery,
+                    from: from.to_string(),
+                    to: self.place().to_string(),
+                    duration: started.elapsed(),
+                    client_bytes,
+                    replayed,
+                }))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One move from `from` to `to`: its kind, the bytes through the client, and the
+    /// messages replayed; `None` when there is nothing to move.
+    async fn move_once(
+        &mut self,
+        from: &Place,
+        to: &Place,
+    ) -> Result<Option<(MoveKind, u64, u64)>, ClientError> {
+        let moved = match (from, to) {
             (Place::Local, Place::Local) => return Ok(None),
             (Place::Node(a), Place::Node(b)) if a == b => return Ok(None),
             (Place::Local, Place::Node(url)) => {
@@ -350,14 +495,7 @@ impl WorkerHandle {
             }
             (Place::Relay { .. }, _) => unreachable!("place() never reports a relay"),
         };
-        Ok(Some(MoveReport {
-            kind,
-            from: from.to_string(),
-            to: self.place().to_string(),
-            duration: started.elapsed(),
-            client_bytes,
-            replayed,
-        }))
+        Ok(Some(moved))
     }
 
     /// Local → node: capture here, send module (only if the node lacks it) and state.
@@ -369,16 +507,20 @@ impl WorkerHandle {
             .capture()
             .map_err(|e| ClientError::Local(e.to_string()))?;
         let mut conn = Connection::open(url, &self.options.client_name).await?;
-        let (manifest, bodies) = snapshot.into_parts();
         let last_seq = send_state(
             &mut conn,
             self.id,
             &self.owner,
             &self.module,
-            &manifest,
-            &bodies,
+            &snapshot.manifest,
+            snapshot.bodies(),
         )
         .await?;
+        self.recovery = Some(Recovery {
+            snapshot,
+            messages: VecDeque::new(),
+            bytes: 0,
+        });
         if last_seq != self.delivered {
             return Err(ClientError::State(format!(
                 "the node adopted the worker at message {last_seq}, the client had {}",
@@ -403,7 +545,7 @@ impl WorkerHandle {
         })
         .await?;
         let last_seq = loop {
-            match self.pump().await? {
+            match self.pump_raw().await? {
                 Some(Frame::Moved { last_seq, .. }) => break last_seq,
                 Some(other) => return Err(self.unexpected_here(&other, "Moved")),
                 None => {}
@@ -451,9 +593,17 @@ impl WorkerHandle {
                 destination: to.to_string(),
             })
             .await?;
-        let last_seq = match relay.recv().await? {
-            Frame::Moved { last_seq, .. } => last_seq,
-            other => return Err(relay.unexpected(&other, "Moved")),
+        let last_seq = match relay.recv().await {
+            Ok(Frame::Moved { last_seq, .. }) => last_seq,
+            Ok(other) => return Err(relay.unexpected(&other, "Moved")),
+            // The cloud could not take the worker from the source either: it is lost.
+            Err(ClientError::Refused { url, code, message }) => {
+                return Err(ClientError::Lost {
+                    url,
+                    reason: format!("the cloud could not fetch the worker ({code}): {message}"),
+                })
+            }
+            Err(e) => return Err(e),
         };
         let relay_bytes = relay.bytes_in + relay.bytes_out;
         relay.close().await;
@@ -470,7 +620,7 @@ impl WorkerHandle {
         conn.send(&Frame::Return { worker: self.id }).await?;
         // Replies to messages in flight come first, then the state.
         let (manifest_bytes, module_hash) = loop {
-            match self.pump().await? {
+            match self.pump_raw().await? {
                 Some(Frame::StateBegin {
                     manifest,
                     module_hash,
@@ -511,6 +661,7 @@ impl WorkerHandle {
         let spent = old.bytes_in + old.bytes_out - before;
         old.close().await;
         self.in_flight = 0;
+        self.recovery = None;
         let replayed = self.replay_after(last_seq).await?;
         Ok((spent, replayed))
     }
@@ -555,6 +706,11 @@ impl WorkerHandle {
             reason: format!("expected {wanted}, got {}", frame.name()),
         }
     }
+}
+
+/// Whether an error means the node holding the worker is gone (rather than refusing).
+fn is_lost(e: &ClientError) -> bool {
+    matches!(e, ClientError::Lost { .. } | ClientError::Connect { .. })
 }
 
 /// Reads frames from a connection being given up until nothing is in flight.

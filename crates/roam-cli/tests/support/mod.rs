@@ -1,0 +1,76 @@
+//! What the process-level tests share: the example workers and `roam serve` processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub fn workers_dir() -> PathBuf {
+    std::env::var_os("ROAM_WORKERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/workers"))
+}
+
+/// The path of an example worker, which `cargo xtask build-workers` builds.
+pub fn worker(name: &str) -> PathBuf {
+    let path = workers_dir().join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the workers with `cargo xtask build-workers`",
+        path.display()
+    );
+    path
+}
+
+/// A `roam serve` process, killed when dropped.
+pub struct Node {
+    pub child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    pub fn start(role: &str, cloud: Option<&str>) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_roam"));
+        cmd.args([
+            "serve",
+            "--role",
+            role,
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if let Some(cloud) = cloud {
+            cmd.args(["--cloud", cloud]);
+        }
+        let mut child = cmd.spawn().expect("roam serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("ws://"))
+            .unwrap_or_else(|| panic!("no URL in `{line}`"))
+            .to_string();
+        Node {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    /// Kills the node the hard way: SIGKILL, no chance to save anything.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
