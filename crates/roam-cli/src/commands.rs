@@ -72,6 +72,20 @@ pub fn config_with_cache(limits: WorkerLimits, cache: &Path) -> RuntimeConfig {
     }
 }
 
+/// Opens the message file for reading and the reply file for writing.
+pub(crate) fn open_records(
+    options: &ExecOptions,
+) -> Result<(RecordReader<BufReader<File>>, BufWriter<File>)> {
+    let input = File::open(&options.messages)
+        .with_context(|| format!("cannot open {}", options.messages.display()))?;
+    let output = File::create(&options.out)
+        .with_context(|| format!("cannot create {}", options.out.display()))?;
+    Ok((
+        RecordReader::new(BufReader::with_capacity(1 << 20, input)),
+        BufWriter::with_capacity(1 << 20, output),
+    ))
+}
+
 /// `roam exec`: delivers every message to the worker and writes every reply.
 pub fn exec(options: &ExecOptions, progress: &mut dyn FnMut(&ExecReport)) -> Result<ExecReport> {
     let wasm = std::fs::read(&options.worker)
@@ -95,12 +109,7 @@ pub fn exec(options: &ExecOptions, progress: &mut dyn FnMut(&ExecReport)) -> Res
     };
     drop(module);
 
-    let input = File::open(&options.messages)
-        .with_context(|| format!("cannot open {}", options.messages.display()))?;
-    let mut messages = RecordReader::new(BufReader::with_capacity(1 << 20, input));
-    let output = File::create(&options.out)
-        .with_context(|| format!("cannot create {}", options.out.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, output);
+    let (mut messages, mut out) = open_records(options)?;
 
     let mut report = ExecReport::default();
     let mut last_progress = Instant::now();

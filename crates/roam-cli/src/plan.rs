@@ -5,14 +5,13 @@
 //! there with the state fetched by the cloud given with `--cloud`), then move on to the next
 //! step. Messages left when the plan ends are handled at its last place.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::Write;
 
 use anyhow::{bail, ensure, Context, Result};
 use roam_client::{MoveReport, Place, WorkerHandle, WorkerOptions};
 
-use crate::commands::ExecOptions;
-use crate::records::{write_record, RecordReader};
+use crate::commands::{open_records, ExecOptions};
+use crate::records::write_record;
 
 /// How many messages a step handles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,12 +97,7 @@ pub fn exec_plan(
     ensure!(!plan.is_empty(), "the plan is empty");
     let wasm = std::fs::read(&options.worker)
         .with_context(|| format!("cannot read {}", options.worker.display()))?;
-    let input = File::open(&options.messages)
-        .with_context(|| format!("cannot open {}", options.messages.display()))?;
-    let mut messages = RecordReader::new(BufReader::with_capacity(1 << 20, input));
-    let output = File::create(&options.out)
-        .with_context(|| format!("cannot create {}", options.out.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, output);
+    let (mut messages, mut out) = open_records(options)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
