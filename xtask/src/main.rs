@@ -2,7 +2,7 @@
 //!
 //! - `demo`: sets up what is missing and runs the physics worker through capture/restore cycles;
 //! - `test`: sets up what is missing and runs every test (what CI runs);
-//! - `bench core`: the core benchmark, written to `bench/results/`;
+//! - `bench core|moves`: a benchmark, written to `bench/results/`;
 //! - `fuzz [TARGET] [SECONDS]`: runs the cargo-fuzz targets (not part of CI);
 //! - `build-workers`: builds the example workers into `target/workers/`.
 //!
@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&rest),
         Some("fuzz") => fuzz(&rest),
         _ => bail!(
-            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      run the core benchmark (results in bench/results/)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (needs nightly-free cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
+            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
         ),
     }
 }
@@ -148,16 +148,16 @@ fn demo() -> Result<()> {
 
 fn bench(args: &[&str]) -> Result<()> {
     let which = args.first().copied().unwrap_or("core");
-    if which != "core" {
-        bail!("unknown benchmark `{which}` (known: core)");
+    if !["core", "moves"].contains(&which) {
+        bail!("unknown benchmark `{which}` (known: core, moves)");
     }
     workers::build()?;
     let roam = roam_binary()?;
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results)?;
-    step("benchmark: core");
+    step(&format!("benchmark: {which}"));
     run(Command::new(roam)
-        .args(["bench", "core", "--workers"])
+        .args(["bench", which, "--workers"])
         .arg(root().join("target/workers"))
         .arg("--out")
         .arg(&results))

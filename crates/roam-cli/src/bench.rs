@@ -14,7 +14,7 @@ use crate::workloads;
 
 /// A worker whose one message grows memory to `pages` and fills `percent` % of its 64 KiB
 /// pages with incompressible words: the worst case for compression, at a chosen density.
-const FILLER_WAT: &str = r#"
+pub(crate) const FILLER_WAT: &str = r#"
 (module
   (import "roam" "post_message" (func $post (param i32 i32)))
   (memory (export "memory") 1)
@@ -47,14 +47,14 @@ const FILLER_WAT: &str = r#"
     (call $post (local.get $ptr) (i32.const 0))))
 "#;
 
-fn filler_message(pages: u32, percent: u32, seed: u32) -> Vec<u8> {
+pub(crate) fn filler_message(pages: u32, percent: u32, seed: u32) -> Vec<u8> {
     [pages, percent, seed]
         .iter()
         .flat_map(|v| v.to_le_bytes())
         .collect()
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
     if n % 2 == 1 {
@@ -64,7 +64,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 

@@ -3,8 +3,10 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bench_moves;
 pub mod commands;
 pub mod demo;
+mod node_metrics;
 pub mod plan;
 pub mod records;
 pub mod serve;

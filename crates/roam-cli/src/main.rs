@@ -92,7 +92,7 @@ enum Command {
     /// Run a benchmark and write its results.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["core"])]
+        #[arg(value_parser = ["core", "moves"])]
         which: String,
         /// Where the example workers are.
         #[arg(long, default_value = "target/workers")]

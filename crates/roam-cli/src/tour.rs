@@ -6,36 +6,18 @@
 //! worker's steady-state time per frame (BENCH.md). Bytes on the wire are what every node's
 //! `/metrics` counted, plus what the client sent and received itself.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use roam_client::{Place, WorkerHandle, WorkerOptions};
 
+use crate::node_metrics::node_bytes;
 use crate::workloads::{physics_init, physics_step};
 
 /// Frames of simulation between two moves.
 const FRAMES_PER_LEG: usize = 60;
-
-/// Reads `roam_bytes_total` (in + out) from a node's `/metrics`.
-fn node_bytes(url: &str) -> Result<u64> {
-    let addr = url.trim_start_matches("ws://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(addr).with_context(|| format!("cannot reach {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("roam_bytes_total{"))
-        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
-        .sum())
-}
 
 /// The frame bytes every node has counted, in and out. A byte between two nodes is counted
 /// twice (by its sender and its receiver), a byte between a node and the client once, so
