@@ -28,34 +28,52 @@ const _: () = assert!(SNAPSHOT_MAGIC[4] != MANIFEST_MAGIC[4]);
 #[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_CAPTURE_MIN: usize = 4 << 20;
 
+/// Large memories are captured in segments of this size, handed to threads one at a time:
+/// a worker's heap sits in a few places, so fixed halves would leave one thread idle.
+#[cfg(not(target_arch = "wasm32"))]
+const CAPTURE_SEGMENT: usize = 256 << 10;
+
 /// Hashes and compresses the non-zero chunks of `memory`; bodies are deduplicated within
-/// each segment but not sorted. On native targets large memories are split into one segment
-/// per core: compression is what bounds capture on dense memory (lz4 runs at about 0.8 GB/s
-/// on one core here) and chunks are independent. In the browser (wasm32) it is one thread.
+/// each segment but not sorted. On native targets large memories are split into segments
+/// that every core takes from in turn: compression is what bounds capture on dense memory
+/// (lz4 runs at about 0.8 GB/s on one core here) and chunks are independent. In the
+/// browser (wasm32) it is one thread.
 fn capture_chunks(memory: &[u8], chunk_size: u32) -> (Vec<ChunkRef>, Vec<ChunkBody>) {
     #[cfg(not(target_arch = "wasm32"))]
     {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         if threads > 1 && memory.len() >= PARALLEL_CAPTURE_MIN {
-            let chunks_total = memory.len() / chunk_size as usize;
-            let per_segment = chunks_total.div_ceil(threads) * chunk_size as usize;
-            let parts: Vec<_> = std::thread::scope(|scope| {
-                let handles: Vec<_> = memory
-                    .chunks(per_segment)
-                    .enumerate()
-                    .map(|(i, segment)| {
-                        let first = (i * per_segment / chunk_size as usize) as u32;
-                        scope.spawn(move || capture_segment(segment, chunk_size, first))
+            // A segment is a whole number of chunks: chunk sizes divide the wasm page, and
+            // the segment size is a multiple of it.
+            let segments: Vec<&[u8]> = memory.chunks(CAPTURE_SEGMENT).collect();
+            let next = AtomicUsize::new(0);
+            let mut parts: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut done = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                let Some(segment) = segments.get(i) else {
+                                    return done;
+                                };
+                                let first = (i * CAPTURE_SEGMENT / chunk_size as usize) as u32;
+                                done.push((i, capture_segment(segment, chunk_size, first)));
+                            }
+                        })
                     })
                     .collect();
                 handles
                     .into_iter()
-                    .map(|h| h.join().expect("capture threads do not panic"))
+                    .flat_map(|h| h.join().expect("capture threads do not panic"))
                     .collect()
             });
+            parts.sort_unstable_by_key(|(i, _)| *i);
             let mut chunks = Vec::new();
             let mut bodies = Vec::new();
-            for (c, b) in parts {
+            for (_, (c, b)) in parts {
                 chunks.extend(c);
                 bodies.extend(b);
             }
