@@ -249,10 +249,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             out,
         } => {
-            debug_assert_eq!(which, "core");
-            let results = roam_cli::bench::core(&workers, &out)?;
-            print!("{}", roam_cli::bench::markdown(&results));
-            eprintln!("results written to {}", out.join("core.json").display());
+            if which == "moves" {
+                let roam = std::env::current_exe()?;
+                let results = roam_cli::bench_moves::moves(&roam, &workers, &out)?;
+                print!("{}", roam_cli::bench_moves::markdown(&results));
+            } else {
+                let results = roam_cli::bench::core(&workers, &out)?;
+                print!("{}", roam_cli::bench::markdown(&results));
+            }
+            eprintln!(
+                "results written to {}",
+                out.join(format!("{which}.json")).display()
+            );
         }
         Command::Serve(args) => roam_cli::serve::run(args)?,
         Command::Snapshot {
