@@ -123,3 +123,82 @@ fn a_fallback_from_a_dead_node_recovers_and_lands_where_asked() {
     });
     assert_eq!(replies, counter_expected(&messages));
 }
+
+#[test]
+fn a_node_killed_while_a_slow_worker_has_a_full_window_loses_nothing() {
+    // Physics steps take milliseconds, so when the node dies the window holds messages it
+    // has not handled yet and the client is waiting for room to post the next one.
+    let physics = std::fs::read(worker("physics")).unwrap();
+    let messages: Vec<Vec<u8>> = std::iter::once(roam_cli::workloads::physics_init(300, 2))
+        .chain((0..30).map(|_| roam_cli::workloads::physics_step(2)))
+        .collect();
+    let mut expected = Vec::new();
+    let mut replies = Vec::new();
+    let mut a = Node::start("edge", None);
+    runtime().block_on(async {
+        let mut local = WorkerHandle::start(&physics, WorkerOptions::default()).unwrap();
+        post_all(&mut local, &messages, &mut expected).await;
+        finish(&mut local, &mut expected).await;
+
+        let mut handle = WorkerHandle::start(&physics, WorkerOptions::default()).unwrap();
+        post_all(&mut handle, &messages[..1], &mut replies).await;
+        handle.move_to(Place::Node(a.url.clone())).await.unwrap();
+        post_all(&mut handle, &messages[1..12], &mut replies).await;
+        a.kill_hard();
+        post_all(&mut handle, &messages[12..], &mut replies).await;
+        finish(&mut handle, &mut replies).await;
+    });
+    assert_eq!(replies.len(), messages.len());
+    assert!(replies == expected, "the frames differ from the local run");
+}
+
+#[test]
+fn a_worker_failing_on_a_node_is_reported_not_waited_for() {
+    let trap = wat::parse_str(
+        r#"(module
+          (import "roam" "post_message" (func $post (param i32 i32)))
+          (memory (export "memory") 1)
+          (func (export "roam_alloc") (param i32) (result i32) (i32.const 16))
+          (func (export "roam_on_message") (param $p i32) (param $n i32)
+            (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 9)) (then unreachable))
+            (call $post (local.get $p) (local.get $n))))"#,
+    )
+    .unwrap();
+    let a = Node::start("edge", None);
+    runtime().block_on(async {
+        let mut handle = WorkerHandle::start(&trap, WorkerOptions::default()).unwrap();
+        handle.move_to(Place::Node(a.url.clone())).await.unwrap();
+        handle.post(vec![1]).await.unwrap();
+        assert_eq!(handle.next_reply().await.unwrap().unwrap().payload, vec![1]);
+        handle.post(vec![9]).await.unwrap();
+        let err = tokio::time::timeout(Duration::from_secs(20), handle.next_reply())
+            .await
+            .expect("the failure is reported, not waited for")
+            .unwrap_err();
+        assert!(
+            matches!(err, roam_client::ClientError::WorkerFailed { seq: 2, .. }),
+            "{err}"
+        );
+    });
+}
+
+#[test]
+fn a_relay_to_the_node_that_holds_the_worker_is_refused() {
+    let cloud = Node::start("cloud", None);
+    let a = Node::start("edge", Some(&cloud.url));
+    runtime().block_on(async {
+        let mut handle = WorkerHandle::start(&counter(), WorkerOptions::default()).unwrap();
+        handle.move_to(Place::Node(a.url.clone())).await.unwrap();
+        let err = handle
+            .move_to(Place::Relay {
+                cloud: cloud.url.clone(),
+                to: a.url.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already runs on"), "{err}");
+        // The worker is where it was and still answers.
+        handle.post(b"still here".to_vec()).await.unwrap();
+        assert!(handle.next_reply().await.unwrap().is_some());
+    });
+}

@@ -92,6 +92,10 @@ impl Connection {
                 url: self.url.clone(),
                 reason: e.to_string(),
             })?;
+            // The session sees Error frames too: a refusal ends the exchange in progress
+            // (a refused Return, say) and the session must know, or it would refuse
+            // everything after it.
+            let seen = self.session.on_frame(&frame);
             if let Frame::Error { code, message, .. } = &frame {
                 return Err(ClientError::Refused {
                     url: self.url.clone(),
@@ -99,12 +103,10 @@ impl Connection {
                     message: message.clone(),
                 });
             }
-            self.session
-                .on_frame(&frame)
-                .map_err(|e| ClientError::Protocol {
-                    url: self.url.clone(),
-                    reason: e.to_string(),
-                })?;
+            seen.map_err(|e| ClientError::Protocol {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
             return Ok(frame);
         }
     }

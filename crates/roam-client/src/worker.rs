@@ -258,12 +258,11 @@ impl WorkerHandle {
                 self.pump().await?;
             }
         }
-        let payload = &self
-            .log
-            .iter()
-            .find(|(s, _)| *s == seq)
-            .expect("only logged messages are sent")
-            .1;
+        // Waiting for room may have recovered the worker from a dead node, which handles
+        // every logged message, this one included.
+        let Some((_, payload)) = self.log.iter().find(|(s, _)| *s == seq) else {
+            return Ok(());
+        };
         match &mut self.placement {
             Placement::Local(worker) => {
                 let replies: Vec<Vec<u8>> = worker
@@ -400,12 +399,12 @@ impl WorkerHandle {
             return Ok(None);
         };
         let frame = conn.recv().await?;
-        Ok(self.on_message_frame(frame))
+        self.on_message_frame(frame)
     }
 
     /// Handles Reply, Handled and WorkerFailed; returns any other frame to the caller.
-    fn on_message_frame(&mut self, frame: Frame) -> Option<Frame> {
-        match frame {
+    fn on_message_frame(&mut self, frame: Frame) -> Result<Option<Frame>, ClientError> {
+        Ok(match frame {
             Frame::Reply { seq, payload, .. } => {
                 // A message replayed after a move may repeat replies already delivered.
                 if seq > self.delivered {
@@ -419,8 +418,14 @@ impl WorkerHandle {
                 self.handled_through(seq);
                 None
             }
+            // The worker failed on the node, as it would have here: the message is not
+            // handled and the worker takes no more (restore a snapshot to go on).
+            Frame::WorkerFailed { seq, reason, .. } => {
+                self.in_flight = self.in_flight.saturating_sub(1);
+                return Err(ClientError::WorkerFailed { seq, reason });
+            }
             other => Some(other),
-        }
+        })
     }
 
     /// Moves the worker. The application may keep posting afterwards; messages in flight
@@ -480,6 +485,11 @@ impl WorkerHandle {
                 let (bytes, replayed) = self.handoff(url).await?;
                 (MoveKind::Handoff, bytes, replayed)
             }
+            (Place::Node(a), Place::Relay { to, .. }) if a == to => {
+                return Err(ClientError::Usage(format!(
+                    "the worker already runs on {to}: a relayed move must go elsewhere"
+                )))
+            }
             (Place::Node(_), Place::Relay { cloud, to }) => {
                 let (bytes, replayed) = self.fallback(cloud, to).await?;
                 (MoveKind::Fallback, bytes, replayed)
@@ -507,15 +517,7 @@ impl WorkerHandle {
             .capture()
             .map_err(|e| ClientError::Local(e.to_string()))?;
         let mut conn = Connection::open(url, &self.options.client_name).await?;
-        let last_seq = send_state(
-            &mut conn,
-            self.id,
-            &self.owner,
-            &self.module,
-            &snapshot.manifest,
-            snapshot.bodies(),
-        )
-        .await?;
+        let last_seq = send_state(&mut conn, self.id, &self.owner, &self.module, &snapshot).await?;
         self.recovery = Some(Recovery {
             snapshot,
             messages: VecDeque::new(),
@@ -720,7 +722,7 @@ async fn drain_connection(
 ) -> Result<(), ClientError> {
     while handle.in_flight > 0 {
         let frame = conn.recv().await?;
-        if let Some(other) = handle.on_message_frame(frame) {
+        if let Some(other) = handle.on_message_frame(frame)? {
             return Err(conn.unexpected(&other, "Reply or Handled"));
         }
     }
@@ -734,8 +736,7 @@ async fn send_state(
     worker: WorkerId,
     owner: &[u8; 32],
     module: &WorkerModule,
-    manifest: &Manifest,
-    bodies: &[ChunkBody],
+    snapshot: &Snapshot,
 ) -> Result<u64, ClientError> {
     let module_bytes = module.bytes();
     conn.send(&Frame::StateBegin {
@@ -744,7 +745,7 @@ async fn send_state(
         module_len: module_bytes.len() as u32,
         owner: *owner,
         token: None,
-        manifest: manifest.encode(),
+        manifest: snapshot.manifest.encode(),
     })
     .await?;
     let (need_module, need_chunks) = match conn.recv().await? {
@@ -764,12 +765,9 @@ async fn send_state(
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
     for hash in need_chunks {
-        let body = bodies
-            .binary_search_by_key(&hash, ChunkBody::hash)
-            .map(|i| &bodies[i])
-            .map_err(|_| {
-                ClientError::State(format!("the node asked for unknown chunk {hash:032x}"))
-            })?;
+        let body = snapshot.body(hash).ok_or_else(|| {
+            ClientError::State(format!("the node asked for unknown chunk {hash:032x}"))
+        })?;
         let encoded = body.encode();
         batch_bytes += encoded.len();
         batch.push(encoded);

@@ -203,6 +203,12 @@ impl Hosting {
         restored: Worker,
         sink: Option<Sink>,
     ) -> Result<(), AdoptError> {
+        // Checked again here, under the table's lock: two transfers of the same new id by
+        // different owners may both have passed the check in `adopt` while they restored.
+        let mut workers = self.workers.lock().expect("worker table");
+        if workers.get(&worker).is_some_and(|w| w.owner != owner) {
+            return Err(AdoptError::OtherOwner(worker));
+        }
         let (commands, receiver) = std_mpsc::channel();
         let sink = Arc::new(Mutex::new(sink));
         let accepted = restored.last_seq();
@@ -223,7 +229,6 @@ impl Hosting {
                 held: Vec::new(),
             }),
         });
-        let mut workers = self.workers.lock().expect("worker table");
         workers.insert(worker, hosted);
         self.metrics.set_workers(workers.len());
         Ok(())

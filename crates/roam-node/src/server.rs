@@ -92,8 +92,15 @@ pub async fn run(
         path: modules_dir.clone(),
         source,
     })?;
+    // A worker's replies must fit in Reply frames: a worker that posts more per message
+    // than a frame may carry fails here, as it would locally over its limit, rather than
+    // sending a frame its client must refuse.
+    let mut limits = config.limits.clone();
+    limits.max_reply_bytes = limits
+        .max_reply_bytes
+        .min(config.frame_limits.max_payload as usize);
     let runtime = Runtime::new(RuntimeConfig {
-        limits: config.limits.clone(),
+        limits,
         cache_dir: Some(compiled_dir),
         ..RuntimeConfig::default()
     })?;

@@ -15,7 +15,7 @@ use roam_proto::{ErrorCode, Event, Frame, MoveToken, NodeSession, PeerKind, Work
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
-use crate::hosting::{AttachError, BeginMoveError, PostError, Sink};
+use crate::hosting::{owner_of, AttachError, BeginMoveError, PostError, Sink};
 use crate::link::{connect, ConnectError, Link, LinkError, Wire};
 use crate::metrics::MoveKind;
 use crate::server::until_stopped;
@@ -587,6 +587,14 @@ async fn pull_from<W: Wire>(
         token: None,
     };
     let arrived = receive_state(from, begin, &ctx).await?;
+    // The source is whatever URL the client named: the state it sent must belong to the
+    // owner whose secret the client gave, or the cloud would launder a stranger's worker.
+    if arrived.owner != owner_of(&secret) {
+        return Err(MoveError::SourceRefused {
+            code: ErrorCode::Unauthorized,
+            message: "the source sent a worker of another owner".into(),
+        });
+    }
     let outcome = if destination == node.config.public_url {
         node.hosting
             .adopt(

@@ -206,6 +206,7 @@ async fn send_needed<W: Wire, M: Machine>(
 pub(crate) struct Begin {
     pub worker: WorkerId,
     pub module_hash: ModuleHash,
+    pub module_len: u32,
     pub owner: [u8; 32],
     pub token: Option<MoveToken>,
     pub manifest: Vec<u8>,
@@ -218,13 +219,14 @@ impl Begin {
             Event::StateBegin {
                 worker,
                 module_hash,
+                module_len,
                 owner,
                 token,
                 manifest,
-                ..
             } => Some(Begin {
                 worker: *worker,
                 module_hash: **module_hash,
+                module_len: *module_len,
                 owner: **owner,
                 token: token.cloned(),
                 manifest: manifest.to_vec(),
@@ -263,6 +265,14 @@ pub(crate) enum ReceiveStateError {
     /// the snapshot's manifest is over this node's cap: {0}
     #[error("the snapshot's manifest is over this node's cap: {0}")]
     OverCap(DecodeSnapshotError),
+    /// the module is {len} bytes, over the {limit}-byte limit for a worker module
+    #[error("the module is {len} bytes, over the {limit}-byte limit for a worker module")]
+    ModuleTooLarge {
+        /// The length StateBegin announced.
+        len: u32,
+        /// The limit.
+        limit: usize,
+    },
     /// the snapshot's manifest does not decode: {0}
     #[error("the snapshot's manifest does not decode: {0}")]
     Manifest(DecodeSnapshotError),
@@ -320,7 +330,9 @@ impl ReceiveStateError {
             ReceiveStateError::MissingToken(_) | ReceiveStateError::BadToken(_) => {
                 ErrorCode::BadToken
             }
-            ReceiveStateError::OverCap(_) => ErrorCode::TooLarge,
+            ReceiveStateError::OverCap(_) | ReceiveStateError::ModuleTooLarge { .. } => {
+                ErrorCode::TooLarge
+            }
             ReceiveStateError::Manifest(_)
             | ReceiveStateError::ManifestModule { .. }
             | ReceiveStateError::Chunk(_) => ErrorCode::Malformed,
@@ -420,6 +432,14 @@ async fn receive_inner<W: Wire, M: Machine>(
     }
     let mut module_bytes = ctx.cache.get(&begin.module_hash);
     let need_module = module_bytes.is_none();
+    // Module bytes are gathered in memory before they are checked: refuse a length no
+    // worker module may have before asking for any of them.
+    if need_module && begin.module_len as usize > roam_prepare::DEFAULT_MAX_MODULE_SIZE {
+        return Err(ReceiveStateError::ModuleTooLarge {
+            len: begin.module_len,
+            limit: roam_prepare::DEFAULT_MAX_MODULE_SIZE,
+        });
+    }
     let chunks = chunks_to_ask(&manifest, |_| false);
     link.send(Frame::StateNeed {
         worker,

@@ -439,7 +439,7 @@ impl ClientSession {
                     Ok(())
                 }
                 Frame::StateAdopted { worker, .. } if incoming.stage == ReceiveStage::Restoring => {
-                    // The worker runs here now; the node keeps its copy until Release.
+                    // The worker runs here now; the node drops its copy at StateAdopted.
                     self.attached.remove(worker);
                     self.state = ClientState::Ready;
                     Ok(())
