@@ -59,11 +59,20 @@ async fn an_offloaded_worker_goes_on_where_it_left_off_and_comes_back_intact() {
     local.restore(&snapshot);
     assert_eq!(local.deliver(&message(9)), twin.deliver(&message(9)));
 
-    // The node dropped its copy once the client adopted it.
-    let (_, health) = node.get("/healthz").await;
+    // The node drops its copy once it reads the client's StateAdopted, which the client
+    // does not wait for: give it a moment.
+    let returned = "roam_moves_total{kind=\"return\",outcome=\"ok\"} 1";
+    let (mut health, mut metrics) = (String::new(), String::new());
+    for _ in 0..100 {
+        health = node.get("/healthz").await.1;
+        metrics = node.get("/metrics").await.1;
+        if health.contains("\"workers\":0") && metrics.contains(returned) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(health.contains("\"workers\":0"), "{health}");
-    let (_, metrics) = node.get("/metrics").await;
-    assert!(metrics.contains("roam_moves_total{kind=\"return\",outcome=\"ok\"} 1"));
+    assert!(metrics.contains(returned), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
