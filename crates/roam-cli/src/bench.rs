@@ -360,7 +360,8 @@ fn worker_row(
     })
 }
 
-fn machine_description() -> String {
+/// The CPU model and core count, for the results' heading.
+pub(crate) fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -374,7 +375,8 @@ fn machine_description() -> String {
     format!("{cpu}, {cores} cores")
 }
 
-fn mib(bytes: u64) -> String {
+/// Bytes as MiB with two decimals.
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
 }
 

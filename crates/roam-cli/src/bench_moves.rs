@@ -17,7 +17,7 @@ use roam_client::{Place, WorkerHandle, WorkerOptions};
 use roam_runtime::{Runtime, RuntimeConfig};
 use serde::Serialize;
 
-use crate::bench::{filler_message, median, ms, FILLER_WAT};
+use crate::bench::{filler_message, machine_description, median, mib, ms, FILLER_WAT};
 use crate::node_metrics::{metrics, node_bytes, series_sum};
 use crate::workloads;
 
@@ -628,24 +628,6 @@ async fn idle_workers(
         row.offload_s
     );
     Ok(row)
-}
-
-fn machine_description() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores")
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// The results as markdown tables.
