@@ -197,38 +197,18 @@ impl ClientSession {
         match &mut self.state {
             ClientState::AwaitWelcome => self.on_welcome(frame),
             ClientState::Ready => self.on_ready(frame),
-            ClientState::SendingState { worker, stage } => match (frame, *stage) {
-                (
-                    Frame::StateNeed {
-                        worker: w,
-                        module,
-                        chunks,
-                    },
-                    SendStage::AwaitNeed,
-                ) if w == worker => {
-                    *stage = SendStage::Sending;
-                    Ok(Event::StateNeed {
-                        worker: *w,
-                        module: *module,
-                        chunks,
-                    })
+            ClientState::SendingState { worker, stage } => {
+                let worker = *worker;
+                match stage.receive(worker, frame) {
+                    Some(event @ Event::StateAdopted { .. }) => {
+                        self.attached.insert(worker);
+                        self.state = ClientState::Ready;
+                        Ok(event)
+                    }
+                    Some(event) => Ok(event),
+                    None => Err(self.refuse(frame)),
                 }
-                (
-                    Frame::StateAdopted {
-                        worker: w,
-                        last_seq,
-                    },
-                    SendStage::AwaitAdopted,
-                ) if w == worker => {
-                    self.attached.insert(*w);
-                    self.state = ClientState::Ready;
-                    Ok(Event::StateAdopted {
-                        worker: *w,
-                        last_seq: *last_seq,
-                    })
-                }
-                _ => Err(self.refuse(frame)),
-            },
+            }
             ClientState::Returning { worker } => {
                 let worker = *worker;
                 match frame {

@@ -211,38 +211,18 @@ impl NodeSession {
                     self.state = NodeState::Ready;
                 })
             }
-            NodeState::SendingState { worker, stage } => match (frame, *stage) {
-                (
-                    Frame::StateNeed {
-                        worker: w,
-                        module,
-                        chunks,
-                    },
-                    SendStage::AwaitNeed,
-                ) if w == worker => {
-                    *stage = SendStage::Sending;
-                    Ok(Event::StateNeed {
-                        worker: *w,
-                        module: *module,
-                        chunks,
-                    })
+            NodeState::SendingState { worker, stage } => {
+                let worker = *worker;
+                match stage.receive(worker, frame) {
+                    Some(event @ Event::StateAdopted { .. }) => {
+                        // The worker stays attached, so its owner can still Release it here.
+                        self.state = NodeState::Ready;
+                        Ok(event)
+                    }
+                    Some(event) => Ok(event),
+                    None => Err(self.refuse(frame)),
                 }
-                (
-                    Frame::StateAdopted {
-                        worker: w,
-                        last_seq,
-                    },
-                    SendStage::AwaitAdopted,
-                ) if w == worker => {
-                    // The worker stays attached, so its owner can still Release it here.
-                    self.state = NodeState::Ready;
-                    Ok(Event::StateAdopted {
-                        worker: *w,
-                        last_seq: *last_seq,
-                    })
-                }
-                _ => Err(self.refuse(frame)),
-            },
+            }
             NodeState::AwaitHello | NodeState::Closed => Err(self.refuse(frame)),
         }
     }

@@ -195,6 +195,40 @@ pub enum SendStage {
 }
 
 impl SendStage {
+    /// Takes a frame the receiver of `worker`'s state sent to this side, the sender:
+    /// StateNeed while awaiting it (the stage moves on to Sending), StateAdopted at the end.
+    /// `None` when the frame is not valid at this stage.
+    pub(crate) fn receive<'f>(&mut self, worker: WorkerId, frame: &'f Frame) -> Option<Event<'f>> {
+        match (frame, *self) {
+            (
+                Frame::StateNeed {
+                    worker: w,
+                    module,
+                    chunks,
+                },
+                SendStage::AwaitNeed,
+            ) if *w == worker => {
+                *self = SendStage::Sending;
+                Some(Event::StateNeed {
+                    worker,
+                    module: *module,
+                    chunks,
+                })
+            }
+            (
+                Frame::StateAdopted {
+                    worker: w,
+                    last_seq,
+                },
+                SendStage::AwaitAdopted,
+            ) if *w == worker => Some(Event::StateAdopted {
+                worker,
+                last_seq: *last_seq,
+            }),
+            _ => None,
+        }
+    }
+
     pub(crate) fn state_name(self) -> &'static str {
         match self {
             SendStage::Preparing => "SendingState(Preparing)",
