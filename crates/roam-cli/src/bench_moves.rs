@@ -465,10 +465,18 @@ async fn handoffs(
         let first_after = arrivals.len();
 
         let before = node_bytes(a)? + node_bytes(b)?;
+        // The handoff runs in pre-copy rounds while the application keeps posting.
+        worker.begin_move(Place::Node(b.into())).await?;
+        let mut during = 0;
+        while worker.moving() {
+            worker.post(filler_message(1, 0, during as u32)).await?;
+            during += 1;
+            let now = Instant::now();
+            arrivals.extend(worker.take_replies().iter().map(|_| now));
+        }
         let report = worker
-            .move_to(Place::Node(b.into()))
-            .await?
-            .context("the worker moves")?;
+            .take_move_result()
+            .context("the handoff reports its outcome")??;
         let after = node_bytes(a)? + node_bytes(b)?;
         // A byte between the nodes is counted by both; one between a node and the client
         // by the node alone, and the client's own count supplies the other half.
@@ -481,10 +489,10 @@ async fn handoffs(
             arrivals.push(Instant::now());
         }
         ensure!(
-            arrivals.len() == STREAM_BEFORE + STREAM_AFTER,
+            arrivals.len() == STREAM_BEFORE + during + STREAM_AFTER,
             "{} replies to {} messages",
             arrivals.len(),
-            STREAM_BEFORE + STREAM_AFTER
+            STREAM_BEFORE + during + STREAM_AFTER
         );
         // The gaps around the move: from a little before it to the end of the stream.
         let around = &arrivals[first_after.saturating_sub(50)..];

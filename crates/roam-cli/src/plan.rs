@@ -113,12 +113,28 @@ pub fn exec_plan(
         let mut worker = WorkerHandle::start(&wasm, worker_options)?;
         let mut handled = 0u64;
         let mut exhausted = false;
+        // A handoff runs while messages keep flowing: the worker handles them at the
+        // source until the move ends. Moves run one at a time.
+        let mut moving_to: Option<(usize, &Place)> = None;
+        let ended = |moving_to: &Option<(usize, &Place)>, result: Option<Result<MoveReport, _>>| {
+            let Some(result) = result else {
+                return Ok(None);
+            };
+            let (i, place) = moving_to.expect("a move was started");
+            result
+                .map(Some)
+                .with_context(|| format!("moving to {place} (plan step {})", i + 1))
+        };
         for (i, step) in plan.iter().enumerate() {
-            if let Some(report) = worker
-                .move_to(step.place.clone())
+            if let Some(report) = ended(&moving_to, worker.finish_move().await.transpose())? {
+                on_move(&report);
+            }
+            moving_to = Some((i, &step.place));
+            worker
+                .begin_move(step.place.clone())
                 .await
-                .with_context(|| format!("moving to {} (plan step {})", step.place, i + 1))?
-            {
+                .with_context(|| format!("moving to {} (plan step {})", step.place, i + 1))?;
+            if let Some(report) = ended(&moving_to, worker.take_move_result())? {
                 on_move(&report);
             }
             let last = i == plan.len() - 1;
@@ -140,6 +156,9 @@ pub fn exec_plan(
                     .with_context(|| format!("message {}", handled + 1))?;
                 handled += 1;
                 left -= 1;
+                if let Some(report) = ended(&moving_to, worker.take_move_result())? {
+                    on_move(&report);
+                }
                 for reply in worker.take_replies() {
                     write_record(&mut out, &reply.payload).context("cannot write a reply")?;
                 }
@@ -147,6 +166,9 @@ pub fn exec_plan(
             if exhausted {
                 break;
             }
+        }
+        if let Some(report) = ended(&moving_to, worker.finish_move().await.transpose())? {
+            on_move(&report);
         }
         worker.drain().await?;
         for reply in worker.take_replies() {

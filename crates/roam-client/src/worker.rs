@@ -163,6 +163,8 @@ pub struct WorkerHandle {
     log: VecDeque<(u64, Vec<u8>)>,
     /// Messages sent on the current connection and not yet handled.
     in_flight: usize,
+    /// Highest sequence number sent on the current connection (or known handled there).
+    sent_through: u64,
     /// Highest sequence number whose replies have all been delivered.
     delivered: u64,
     /// Replies already delivered of the message after `delivered` (its Handled not seen).
@@ -170,6 +172,22 @@ pub struct WorkerHandle {
     replies: VecDeque<Reply>,
     /// What to restore locally if the node holding the worker dies.
     recovery: Option<Recovery>,
+    /// A handoff under way: the worker still runs at the source and takes messages.
+    handoff: Option<PendingHandoff>,
+    /// The outcome of the last move that ran in the background, until taken.
+    finished: Option<Result<MoveReport, ClientError>>,
+}
+
+/// A handoff the source node runs (in pre-copy rounds) while the worker keeps handling
+/// messages there; it ends with Moved, or with an Error that leaves the worker where it is.
+struct PendingHandoff {
+    from: String,
+    to: String,
+    started: Instant,
+    /// Frame bytes on the source connection when the move began.
+    bytes_before: u64,
+    /// The connection to the destination, opened while the state travels.
+    next: tokio::task::JoinHandle<Result<Connection, ClientError>>,
 }
 
 /// The last snapshot of the worker this client holds, and every message posted since.
@@ -205,10 +223,13 @@ impl WorkerHandle {
             next_seq: 1,
             log: VecDeque::new(),
             in_flight: 0,
+            sent_through: 0,
             delivered: 0,
             partial: 0,
             replies: VecDeque::new(),
             recovery: None,
+            handoff: None,
+            finished: None,
         })
     }
 
@@ -278,6 +299,8 @@ impl WorkerHandle {
                 }
                 self.handled_through(seq);
             }
+            // Waiting for room may have ended a handoff, whose replay sent this one too.
+            Placement::Remote(_) if seq <= self.sent_through => {}
             Placement::Remote(conn) => {
                 let frame = Frame::Post {
                     worker: self.id,
@@ -285,7 +308,10 @@ impl WorkerHandle {
                     payload: payload.clone(),
                 };
                 match conn.send(&frame).await {
-                    Ok(()) => self.in_flight += 1,
+                    Ok(()) => {
+                        self.in_flight += 1;
+                        self.sent_through = seq;
+                    }
                     // The recovery replays this message too.
                     Err(e) if is_lost(&e) => self.recover(e)?,
                     Err(e) => return Err(e),
@@ -341,6 +367,10 @@ impl WorkerHandle {
     /// The node holding the worker is gone: restore the recovery point locally and handle
     /// every message since, delivering only replies the application has not had.
     fn recover(&mut self, cause: ClientError) -> Result<(), ClientError> {
+        // A handoff under way ends with its source.
+        if let Some(pending) = self.handoff.take() {
+            pending.next.abort();
+        }
         let Some(recovery) = self.recovery.take() else {
             return Err(ClientError::Unrecoverable {
                 cause: cause.to_string(),
@@ -378,6 +408,7 @@ impl WorkerHandle {
         }
         self.placement = Placement::Local(Box::new(worker));
         self.in_flight = 0;
+        self.sent_through = self.delivered;
         Ok(())
     }
 
@@ -386,7 +417,34 @@ impl WorkerHandle {
     async fn pump(&mut self) -> Result<Option<Frame>, ClientError> {
         match self.pump_raw().await {
             Err(e) if is_lost(&e) => {
+                if let Some(pending) = self.handoff.take() {
+                    pending.next.abort();
+                    self.finished = Some(Err(ClientError::Lost {
+                        url: pending.from.clone(),
+                        reason: format!(
+                            "the source died during the handoff to {}; the worker was recovered here",
+                            pending.to
+                        ),
+                    }));
+                }
                 self.recover(e)?;
+                Ok(None)
+            }
+            Err(e) if self.handoff.is_some() => {
+                // The source refused the handoff: the worker stays there.
+                if let Some(pending) = self.handoff.take() {
+                    pending.next.abort();
+                }
+                self.finished = Some(Err(e));
+                Ok(None)
+            }
+            Ok(Some(frame)) if self.handoff.is_some() => {
+                // Boxed: ending a handoff replays messages, which may pump again.
+                match Box::pin(self.on_handoff_frame(frame)).await {
+                    Ok(Some(report)) => self.finished = Some(Ok(report)),
+                    Ok(None) => {}
+                    Err(e) => self.finished = Some(Err(e)),
+                }
                 Ok(None)
             }
             other => other,
@@ -426,6 +484,55 @@ impl WorkerHandle {
             }
             other => Some(other),
         })
+    }
+
+    /// Starts moving the worker and returns as soon as the move runs on its own. A
+    /// handoff (node to node) runs in the background: the worker keeps handling the
+    /// messages the application goes on posting at the source while its state travels in
+    /// pre-copy rounds, and the handle switches to the destination when the source
+    /// reports the move done; its outcome is then in
+    /// [`take_move_result`](Self::take_move_result). Every other move completes before
+    /// this returns, and its outcome waits there too.
+    pub async fn begin_move(&mut self, to: Place) -> Result<(), ClientError> {
+        if self.handoff.is_some() {
+            return Err(ClientError::Usage(
+                "a move is under way: finish it before starting another".into(),
+            ));
+        }
+        match (&self.placement, &to) {
+            (Placement::Remote(conn), Place::Node(url)) if conn.url() != url => {
+                self.begin_handoff(url).await
+            }
+            _ => {
+                let result = self.move_to(to).await;
+                self.finished = match result {
+                    Ok(Some(report)) => Some(Ok(report)),
+                    Ok(None) => None,
+                    Err(e) => Some(Err(e)),
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a move started by [`begin_move`](Self::begin_move) is still under way.
+    pub fn moving(&self) -> bool {
+        self.handoff.is_some()
+    }
+
+    /// The outcome of the last move started by [`begin_move`](Self::begin_move), once it
+    /// has ended; `None` while it runs or when there is none to report.
+    pub fn take_move_result(&mut self) -> Option<Result<MoveReport, ClientError>> {
+        self.finished.take()
+    }
+
+    /// Waits for the move under way to end and returns its outcome (`None` when no move
+    /// was started).
+    pub async fn finish_move(&mut self) -> Result<Option<MoveReport>, ClientError> {
+        while self.handoff.is_some() {
+            self.pump().await?;
+        }
+        self.finished.take().transpose()
     }
 
     /// Moves the worker. The application may keep posting afterwards; messages in flight
@@ -532,35 +639,75 @@ impl WorkerHandle {
         let bytes = conn.bytes_in + conn.bytes_out;
         self.placement = Placement::Remote(Box::new(conn));
         self.in_flight = 0;
+        self.sent_through = self.delivered;
         Ok(bytes)
     }
 
     /// Node A → node B directly: A sends the state; the client then attaches at B.
     async fn handoff(&mut self, url: &str) -> Result<(u64, u64), ClientError> {
+        self.begin_handoff(url).await?;
+        loop {
+            if let Some(frame) = self.pump_raw().await? {
+                if let Some(report) = self.on_handoff_frame(frame).await? {
+                    return Ok((report.client_bytes, report.replayed));
+                }
+            }
+        }
+    }
+
+    /// Asks the source to hand the worker to `url`, and opens the connection to `url`
+    /// meanwhile. Messages go on flowing to the source.
+    async fn begin_handoff(&mut self, url: &str) -> Result<(), ClientError> {
         let Placement::Remote(conn) = &mut self.placement else {
             unreachable!("handoff starts remote");
         };
-        let before = conn.bytes_in + conn.bytes_out;
+        let bytes_before = conn.bytes_in + conn.bytes_out;
+        let from = conn.url().to_string();
         conn.send(&Frame::MoveOut {
             worker: self.id,
             destination: url.to_string(),
         })
         .await?;
-        let last_seq = loop {
-            match self.pump_raw().await? {
-                Some(Frame::Moved { last_seq, .. }) => break last_seq,
-                Some(other) => return Err(self.unexpected_here(&other, "Moved")),
-                None => {}
-            }
+        let (next_url, name) = (url.to_string(), self.options.client_name.clone());
+        self.handoff = Some(PendingHandoff {
+            from,
+            to: url.to_string(),
+            started: Instant::now(),
+            bytes_before,
+            next: tokio::spawn(async move { Connection::open(&next_url, &name).await }),
+        });
+        Ok(())
+    }
+
+    /// Takes a frame that arrived during a handoff: Moved ends it (the handle attaches at
+    /// the destination and replays what the source did not handle). Other frames are not
+    /// the move's and are dropped.
+    async fn on_handoff_frame(&mut self, frame: Frame) -> Result<Option<MoveReport>, ClientError> {
+        let Frame::Moved { last_seq, .. } = frame else {
+            tracing::debug!("ignoring {} during a handoff", frame.name());
+            return Ok(None);
         };
+        let pending = self.handoff.take().expect("a handoff is under way");
         let Placement::Remote(old) = std::mem::replace(&mut self.placement, Placement::Nowhere)
         else {
-            unreachable!()
+            unreachable!("handoff starts remote")
         };
-        let spent = old.bytes_in + old.bytes_out - before;
+        let spent = old.bytes_in + old.bytes_out - pending.bytes_before;
         old.close().await;
-        let (bytes, replayed) = self.attach(url, last_seq).await?;
-        Ok((spent + bytes, replayed))
+        let conn = match pending.next.await {
+            Ok(Ok(conn)) => conn,
+            // Opening it early failed (or was not possible): once more, now.
+            _ => Connection::open(&pending.to, &self.options.client_name).await?,
+        };
+        let (bytes, replayed) = self.attach_on(conn, last_seq).await?;
+        Ok(Some(MoveReport {
+            kind: MoveKind::Handoff,
+            from: pending.from,
+            to: pending.to,
+            duration: pending.started.elapsed(),
+            client_bytes: spent + bytes,
+            replayed,
+        }))
     }
 
     /// Node A → node B through the cloud: the cloud fetches the state from A.
@@ -642,7 +789,10 @@ impl WorkerHandle {
         };
         let manifest = Manifest::decode(&manifest_bytes, &DecodeLimits::default())
             .map_err(|e| ClientError::State(e.to_string()))?;
-        let bodies = receive_state(conn, self.id, &manifest).await?;
+        // The chunks of the snapshot this client offloaded that did not change need not
+        // travel back.
+        let held = self.recovery.as_ref().map(|r| &r.snapshot);
+        let bodies = receive_state(conn, self.id, &manifest, held).await?;
         let snapshot = Snapshot::from_parts(manifest, bodies)
             .map_err(|e| ClientError::State(e.to_string()))?;
         let worker = self
@@ -663,6 +813,7 @@ impl WorkerHandle {
         let spent = old.bytes_in + old.bytes_out - before;
         old.close().await;
         self.in_flight = 0;
+        self.sent_through = self.delivered;
         self.recovery = None;
         let replayed = self.replay_after(last_seq).await?;
         Ok((spent, replayed))
@@ -670,7 +821,16 @@ impl WorkerHandle {
 
     /// Attaches at the node that now holds the worker and replays what it has not handled.
     async fn attach(&mut self, url: &str, last_seq: u64) -> Result<(u64, u64), ClientError> {
-        let mut conn = Connection::open(url, &self.options.client_name).await?;
+        let conn = Connection::open(url, &self.options.client_name).await?;
+        self.attach_on(conn, last_seq).await
+    }
+
+    /// [`attach`](Self::attach) on a connection already open.
+    async fn attach_on(
+        &mut self,
+        mut conn: Connection,
+        last_seq: u64,
+    ) -> Result<(u64, u64), ClientError> {
         conn.send(&Frame::Attach {
             worker: self.id,
             secret: self.secret,
@@ -688,6 +848,7 @@ impl WorkerHandle {
         let bytes = conn.bytes_in + conn.bytes_out;
         self.placement = Placement::Remote(Box::new(conn));
         self.in_flight = 0;
+        self.sent_through = self.delivered;
         let replayed = self.replay_after(attached).await?;
         Ok((bytes, replayed))
     }
@@ -795,22 +956,33 @@ async fn send_state(
 }
 
 /// Receives a worker's state as the receiver of a transfer (after StateBegin): asks for
-/// every chunk body, collects them until StateEnd.
+/// every chunk body `held` does not have, collects them until StateEnd, and returns the
+/// bodies the manifest uses.
 async fn receive_state(
     conn: &mut Connection,
     worker: WorkerId,
     manifest: &Manifest,
+    held: Option<&Snapshot>,
 ) -> Result<Vec<ChunkBody>, ClientError> {
     let mut wanted: Vec<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
     wanted.sort_unstable();
     wanted.dedup();
+    let mut bodies = Vec::new();
+    if let Some(held) = held {
+        wanted.retain(|&hash| match held.body(hash) {
+            Some(body) => {
+                bodies.push(body.clone());
+                false
+            }
+            None => true,
+        });
+    }
     conn.send(&Frame::StateNeed {
         worker,
         module: false,
         chunks: wanted,
     })
     .await?;
-    let mut bodies = Vec::new();
     loop {
         match conn.recv().await? {
             Frame::ChunkData {
@@ -823,6 +995,7 @@ async fn receive_state(
                 }
             }
             Frame::StateEnd { .. } => return Ok(bodies),
+            Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
             other => return Err(conn.unexpected(&other, "ChunkData or StateEnd")),
         }
     }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use roam_proto::FrameLimits;
 use roam_runtime::WorkerLimits;
 
+use crate::chunks::DEFAULT_CHUNK_STORE_BYTES;
+use crate::precopy::PrecopySettings;
+
 pub use roam_proto::NodeRole;
 
 /// The cluster key a node uses when it was given none: development mode.
@@ -39,6 +42,10 @@ pub struct NodeConfig {
     pub location: String,
     /// Most connections served at once; more are refused with a Busy error.
     pub max_connections: usize,
+    /// Most compressed bytes of chunk bodies kept for deltas (0 keeps none).
+    pub chunk_store_bytes: usize,
+    /// When pre-copy stops, for workers this node sends while they run.
+    pub precopy: PrecopySettings,
 }
 
 impl NodeConfig {
@@ -61,6 +68,8 @@ impl NodeConfig {
             frame_limits: FrameLimits::default(),
             location: String::new(),
             max_connections: 1024,
+            chunk_store_bytes: DEFAULT_CHUNK_STORE_BYTES,
+            precopy: PrecopySettings::default(),
         }
     }
 

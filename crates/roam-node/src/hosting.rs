@@ -5,13 +5,13 @@
 //! else. The table is the single place that decides which Posts a worker takes: the next
 //! sequence number, never one already taken (a replay) and never one after a gap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use roam_proto::{Frame, WorkerId};
-use roam_runtime::{CaptureError, RestoreError, Runtime, Snapshot, Worker, WorkerModule};
+use roam_proto::{ChunkHash, Frame, WorkerId};
+use roam_runtime::{CaptureError, Delta, RestoreError, Runtime, Snapshot, Worker, WorkerModule};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +27,12 @@ enum Command {
     /// Capture the worker between two messages.
     Capture {
         reply: oneshot::Sender<Result<Snapshot, CaptureError>>,
+    },
+    /// Capture the worker between two messages, compressing only the chunks whose hash
+    /// is not in `known`.
+    CaptureDelta {
+        known: Arc<HashSet<ChunkHash>>,
+        reply: oneshot::Sender<Result<Delta, CaptureError>>,
     },
 }
 
@@ -47,6 +53,8 @@ struct Flow {
     accepted: u64,
     /// A move is capturing or sending the worker: Posts wait in `held`.
     moving: bool,
+    /// A pre-copy runs: the worker still takes messages, but no other move may start.
+    precopying: bool,
     /// Posts taken during a move: delivered if the move fails, dropped if it succeeds
     /// (the client replays them at the destination).
     held: Vec<(u64, Vec<u8>)>,
@@ -168,7 +176,8 @@ impl Hosting {
     }
 
     /// Restores `snapshot` and hosts it as `worker`, owned by `owner`; its replies go to
-    /// `sink` until someone else attaches. Returns the last message the state handled.
+    /// `sink` until someone else attaches. Returns the last message the state handled,
+    /// and the snapshot (for the chunk store, once the sender has its answer).
     pub(crate) async fn adopt(
         self: &Arc<Self>,
         worker: WorkerId,
@@ -176,7 +185,7 @@ impl Hosting {
         module: Arc<WorkerModule>,
         snapshot: Snapshot,
         sink: Option<Sink>,
-    ) -> Result<u64, AdoptError> {
+    ) -> Result<(u64, Snapshot), AdoptError> {
         if let Some(existing) = self.get(worker) {
             if existing.owner != owner {
                 return Err(AdoptError::OtherOwner(worker));
@@ -184,13 +193,15 @@ impl Hosting {
         }
         let runtime = self.runtime.clone();
         let restore_module = module.clone();
-        let restored =
-            tokio::task::spawn_blocking(move || runtime.restore(&restore_module, &snapshot))
-                .await
-                .map_err(|e| AdoptError::Thread(e.to_string()))??;
+        let (restored, snapshot) = tokio::task::spawn_blocking(move || {
+            let restored = runtime.restore(&restore_module, &snapshot);
+            restored.map(|worker| (worker, snapshot))
+        })
+        .await
+        .map_err(|e| AdoptError::Thread(e.to_string()))??;
         let last_seq = restored.last_seq();
         self.host(worker, owner, module, restored, sink)?;
-        Ok(last_seq)
+        Ok((last_seq, snapshot))
     }
 
     /// Puts a restored worker on its own thread and in the table. A worker of the same id
@@ -226,6 +237,7 @@ impl Hosting {
             flow: Mutex::new(Flow {
                 accepted,
                 moving: false,
+                precopying: false,
                 held: Vec::new(),
             }),
         });
@@ -291,7 +303,7 @@ impl Hosting {
             .ok_or(BeginMoveError::UnknownWorker(worker))?;
         {
             let mut flow = hosted.flow.lock().expect("worker flow");
-            if flow.moving {
+            if flow.moving || flow.precopying {
                 return Err(BeginMoveError::AlreadyMoving(worker));
             }
             flow.moving = true;
@@ -319,6 +331,47 @@ impl Hosting {
         }
     }
 
+    /// Starts a pre-copy of `worker`: no other move may start until
+    /// [`end_move`](Hosting::end_move), but the worker goes on taking messages.
+    pub(crate) fn begin_precopy(&self, worker: WorkerId) -> Result<Arc<Hosted>, BeginMoveError> {
+        let hosted = self
+            .get(worker)
+            .ok_or(BeginMoveError::UnknownWorker(worker))?;
+        let mut flow = hosted.flow.lock().expect("worker flow");
+        if flow.moving || flow.precopying {
+            return Err(BeginMoveError::AlreadyMoving(worker));
+        }
+        flow.precopying = true;
+        drop(flow);
+        Ok(hosted)
+    }
+
+    /// One pre-copy round: captures the worker between two messages, compressing only
+    /// the chunks not in `known`. With `last`, the worker stops taking messages first
+    /// (Posts wait, as in [`begin_move`](Hosting::begin_move)) and this is its final
+    /// state until [`end_move`](Hosting::end_move).
+    pub(crate) async fn capture_round(
+        &self,
+        worker: WorkerId,
+        hosted: &Hosted,
+        known: Arc<HashSet<ChunkHash>>,
+        last: bool,
+    ) -> Result<Delta, BeginMoveError> {
+        if last {
+            hosted.flow.lock().expect("worker flow").moving = true;
+        }
+        let (reply, answer) = oneshot::channel();
+        let _ = hosted.commands.send(Command::CaptureDelta { known, reply });
+        match answer.await {
+            Ok(Ok(delta)) => Ok(delta),
+            Ok(Err(e)) => Err(BeginMoveError::Capture(worker, e.to_string())),
+            Err(_) => Err(BeginMoveError::Capture(
+                worker,
+                "the worker's thread is gone".into(),
+            )),
+        }
+    }
+
     /// Ends a move: if the state was adopted elsewhere the worker is dropped (and the
     /// messages held during the move with it: the client replays them there); otherwise it
     /// resumes with the held messages.
@@ -332,6 +385,7 @@ impl Hosting {
         };
         let mut flow = hosted.flow.lock().expect("worker flow");
         flow.moving = false;
+        flow.precopying = false;
         for (seq, payload) in flow.held.drain(..) {
             let _ = hosted.commands.send(Command::Deliver { seq, payload });
         }
@@ -347,7 +401,9 @@ impl Hosting {
     /// Drops a worker whose state a client has taken back, unless it is moving.
     pub(crate) fn release(&self, worker: WorkerId) {
         if let Some(hosted) = self.get(worker) {
-            if !hosted.flow.lock().expect("worker flow").moving {
+            let flow = hosted.flow.lock().expect("worker flow");
+            if !flow.moving && !flow.precopying {
+                drop(flow);
                 self.drop_worker(worker);
             }
         }
@@ -406,6 +462,9 @@ fn run_worker(
             }
             Command::Capture { reply } => {
                 let _ = reply.send(worker.capture());
+            }
+            Command::CaptureDelta { known, reply } => {
+                let _ = reply.send(worker.capture_delta(&|hash| known.contains(&hash)));
             }
         }
     }

@@ -28,15 +28,19 @@
 #![deny(missing_docs)]
 
 mod cache;
+mod chunks;
 mod config;
 mod hosting;
 mod link;
 mod metrics;
 mod persist;
+mod precopy;
 mod registry;
 mod server;
 mod session;
 mod transfer;
 
+pub use chunks::DEFAULT_CHUNK_STORE_BYTES;
 pub use config::{NodeConfig, NodeRole, DEV_CLUSTER_KEY};
+pub use precopy::PrecopySettings;
 pub use server::{run, ServeError};

@@ -102,6 +102,8 @@ pub(crate) trait Machine: Send {
     fn is_closed(&self) -> bool;
     /// Whether no transfer runs, so any worker's messages may be sent.
     fn is_ready(&self) -> bool;
+    /// The protocol version negotiated, once it is.
+    fn version(&self) -> Option<u16>;
 }
 
 impl Machine for NodeSession {
@@ -117,6 +119,9 @@ impl Machine for NodeSession {
     fn is_ready(&self) -> bool {
         *self.state() == roam_proto::NodeState::Ready
     }
+    fn version(&self) -> Option<u16> {
+        NodeSession::version(self)
+    }
 }
 
 impl Machine for ClientSession {
@@ -131,6 +136,9 @@ impl Machine for ClientSession {
     }
     fn is_ready(&self) -> bool {
         *self.state() == roam_proto::ClientState::Ready
+    }
+    fn version(&self) -> Option<u16> {
+        ClientSession::version(self)
     }
 }
 

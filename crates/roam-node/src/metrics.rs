@@ -44,6 +44,14 @@ pub(crate) struct Metrics {
     duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     duration_sum_ns: AtomicU64,
     duration_count: AtomicU64,
+    /// Pre-copy rounds sent while workers ran, chunk-body bytes sent then, and while
+    /// they were paused, and the time paused.
+    precopy_rounds: AtomicU64,
+    precopy_live_bytes: AtomicU64,
+    precopy_paused_bytes: AtomicU64,
+    precopy_paused_ns: AtomicU64,
+    /// Chunk bodies a transfer did not ask for because this node held them.
+    chunks_reused: AtomicU64,
 }
 
 impl Metrics {
@@ -70,6 +78,22 @@ impl Metrics {
 
     pub(crate) fn bytes_out(&self, n: usize) {
         self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Records a pre-copy that ended with the worker adopted elsewhere.
+    pub(crate) fn observe_precopy(&self, rounds: u32, live: u64, paused: u64, took: Duration) {
+        self.precopy_rounds
+            .fetch_add(u64::from(rounds), Ordering::Relaxed);
+        self.precopy_live_bytes.fetch_add(live, Ordering::Relaxed);
+        self.precopy_paused_bytes
+            .fetch_add(paused, Ordering::Relaxed);
+        self.precopy_paused_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Records chunk bodies a transfer took from this node's store instead of the wire.
+    pub(crate) fn chunks_reused(&self, n: usize) {
+        self.chunks_reused.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Records how long a worker took to handle one message.
@@ -166,6 +190,45 @@ impl Metrics {
             "roam_message_duration_seconds_count {}",
             load(&self.duration_count)
         );
+        let series: [(&str, &str, &str, f64); 5] = [
+            (
+                "roam_precopy_rounds_total",
+                "Pre-copy rounds sent while the worker ran.",
+                "",
+                load(&self.precopy_rounds) as f64,
+            ),
+            (
+                "roam_precopy_bytes_total",
+                "Chunk-body bytes pre-copy sent, while the worker ran and while it was paused.",
+                "{phase=\"live\"}",
+                load(&self.precopy_live_bytes) as f64,
+            ),
+            (
+                "roam_precopy_bytes_total",
+                "",
+                "{phase=\"paused\"}",
+                load(&self.precopy_paused_bytes) as f64,
+            ),
+            (
+                "roam_precopy_paused_seconds_total",
+                "Time workers sent by pre-copy were paused, from the last round to adoption.",
+                "",
+                load(&self.precopy_paused_ns) as f64 / 1e9,
+            ),
+            (
+                "roam_chunks_reused_total",
+                "Chunk bodies transfers did not ask for because this node held them.",
+                "",
+                load(&self.chunks_reused) as f64,
+            ),
+        ];
+        for (name, help, labels, value) in series {
+            if !help.is_empty() {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} counter");
+            }
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
         out
     }
 }

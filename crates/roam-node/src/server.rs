@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::cache::ModuleCache;
+use crate::chunks::ChunkStore;
 use crate::config::NodeConfig;
 use crate::hosting::Hosting;
 use crate::link::socket_limit;
@@ -52,6 +53,7 @@ pub(crate) struct Node {
     pub config: NodeConfig,
     pub hosting: Arc<Hosting>,
     pub cache: ModuleCache,
+    pub chunks: ChunkStore,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub shutdown: watch::Receiver<bool>,
@@ -124,7 +126,7 @@ pub async fn run(
             )
             .await
         {
-            Ok(last_seq) => {
+            Ok((last_seq, _)) => {
                 tracing::info!(worker = %format!("{:032x}", saved.worker), last_seq, "reloaded a saved worker");
                 let _ = std::fs::remove_file(&saved.file);
             }
@@ -137,6 +139,7 @@ pub async fn run(
     let (stop, stopping) = watch::channel(false);
     let node = Arc::new(Node {
         connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
+        chunks: ChunkStore::new(config.chunk_store_bytes),
         config,
         hosting,
         cache,

@@ -18,6 +18,7 @@ use tracing::Instrument;
 use crate::hosting::{owner_of, AttachError, BeginMoveError, PostError, Sink};
 use crate::link::{connect, ConnectError, Link, LinkError, Wire};
 use crate::metrics::MoveKind;
+use crate::precopy::{send_live, Live, PrecopyError, PrecopyReport};
 use crate::server::until_stopped;
 use crate::server::Node;
 use crate::transfer::{
@@ -225,6 +226,7 @@ async fn handle(
         | Event::Welcome { .. }
         | Event::ModuleData { .. }
         | Event::ChunkData { .. }
+        | Event::StateRound { .. }
         | Event::TransferComplete { .. }
         | Event::StateNeed { .. }
         | Event::StateAdopted { .. }
@@ -251,6 +253,8 @@ async fn receive_worker(
     let from_node = link.machine.peer() == Some(PeerKind::Node);
     let ctx = ReceiveContext {
         cache: &node.cache,
+        chunks: &node.chunks,
+        metrics: &node.metrics,
         runtime: node.hosting.runtime(),
         frame_limits: node.config.frame_limits,
         token: from_node.then(|| (node.config.token_key(), node.config.public_url.as_str())),
@@ -269,6 +273,7 @@ async fn receive_worker(
     // A client's own offload goes on being used on this connection; state from a node
     // waits for its client to attach.
     let replies_to = (!from_node).then(|| sink.clone());
+    let mut adopted = None;
     let answer = match node
         .hosting
         .adopt(
@@ -280,9 +285,10 @@ async fn receive_worker(
         )
         .await
     {
-        Ok(last_seq) => {
+        Ok((last_seq, snapshot)) => {
             tracing::info!(last_seq, "worker adopted");
             count_offload(node, from_node, true);
+            adopted = Some(snapshot);
             Frame::StateAdopted { worker, last_seq }
         }
         Err(e) => {
@@ -295,7 +301,12 @@ async fn receive_worker(
             worker_error(code, worker, e)
         }
     };
-    link.send(answer).await
+    link.send(answer).await?;
+    // Kept for later deltas once the sender has its answer: not part of the move's time.
+    if let Some(snapshot) = adopted {
+        node.chunks.put(snapshot.bodies());
+    }
+    Ok(())
 }
 
 fn count_offload(node: &Node, from_node: bool, ok: bool) {
@@ -334,6 +345,8 @@ async fn return_worker(
     while let Ok(frame) = outgoing.try_recv() {
         link.send(frame).await?;
     }
+    // Should the worker come back, its unchanged chunks need not travel again.
+    node.chunks.put(captured.snapshot.bodies());
     let package = Package {
         worker,
         owner: captured.owner,
@@ -374,6 +387,9 @@ enum MoveError {
     /// {0}
     #[error("{0}")]
     Receive(#[from] ReceiveStateError),
+    /// {0}
+    #[error("{0}")]
+    Precopy(#[from] PrecopyError),
     /// the source refused ({code}): {message}
     #[error("the source refused ({code}): {message}")]
     SourceRefused {
@@ -397,6 +413,7 @@ impl MoveError {
             MoveError::Capture(e) => begin_move_code(e),
             MoveError::Send(e) => e.code(),
             MoveError::Receive(e) => e.code(),
+            MoveError::Precopy(e) => e.code(),
             MoveError::SourceRefused { code, .. } => *code,
             MoveError::Adopt(_) => ErrorCode::SnapshotRefused,
         }
@@ -431,26 +448,29 @@ async fn forward(node: &Node, package: &Package, destination: &str) -> Result<u6
     Ok(result?)
 }
 
-/// Handoff: hands the worker to `destination` directly, then tells the client where it
-/// runs. If the destination refuses or cannot be reached the worker resumes here.
+/// Handoff: hands the worker to `destination` directly, in pre-copy rounds while it keeps
+/// handling messages, then tells the client where it runs. If the destination refuses or
+/// cannot be reached the worker resumes here.
 async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: Sink) {
     tracing::Span::current().record("worker", format!("{worker:032x}"));
-    let result = async {
-        let captured = node.hosting.begin_move(worker).await?;
-        let package = Package {
-            worker,
-            owner: captured.owner,
-            module: captured.module,
-            snapshot: captured.snapshot,
-        };
-        let moved = forward(&node, &package, &destination).await;
-        node.hosting.end_move(worker, moved.is_ok());
-        moved
-    }
-    .await;
+    let result = forward_live(&node, worker, &destination).await;
     let frame = match result {
-        Ok(last_seq) => {
-            tracing::info!(%destination, last_seq, "handoff done");
+        Ok((last_seq, report)) => {
+            tracing::info!(
+                %destination,
+                last_seq,
+                rounds = report.rounds,
+                live_bytes = report.live_bytes,
+                paused_bytes = report.paused_bytes,
+                paused_ms = report.paused.as_secs_f64() * 1e3,
+                "handoff done"
+            );
+            node.metrics.observe_precopy(
+                report.rounds,
+                report.live_bytes,
+                report.paused_bytes,
+                report.paused,
+            );
             node.metrics.record_move(MoveKind::Handoff, true);
             Frame::Moved {
                 worker,
@@ -469,6 +489,53 @@ async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: S
         }
     };
     let _ = sink.send(frame);
+}
+
+/// Sends the hosted worker to the node at `destination` with a move token, in pre-copy
+/// rounds; drops it here once adopted there, resumes it otherwise.
+async fn forward_live(
+    node: &Node,
+    worker: WorkerId,
+    destination: &str,
+) -> Result<(u64, PrecopyReport), MoveError> {
+    let mut link = connect(
+        destination,
+        &node.config.name,
+        node.config.frame_limits,
+        node.metrics.clone(),
+    )
+    .await?;
+    let token = MoveToken::issue(
+        node.config.token_key(),
+        worker,
+        &node.config.public_url,
+        destination,
+        now_unix_ms() + TOKEN_LIFETIME_MS,
+    );
+    let live = Live {
+        hosting: &node.hosting,
+        worker,
+        chunks: &node.chunks,
+    };
+    let result = send_live(&mut link, &live, Some(token), &node.config.precopy).await;
+    // A worker that never started a pre-copy (unknown, already moving) is not touched.
+    if !matches!(
+        result,
+        Err(PrecopyError::Capture(
+            BeginMoveError::UnknownWorker(_) | BeginMoveError::AlreadyMoving(_)
+        ))
+    ) {
+        node.hosting.end_move(worker, result.is_ok());
+    }
+    if !link.machine.is_closed() {
+        let _ = link
+            .send(Frame::Goodbye {
+                reason: "move done".into(),
+            })
+            .await;
+    }
+    link.wire.finish().await;
+    Ok(result?)
 }
 
 /// Fallback (cloud): fetches the worker from `source` for its client, then hosts it here
@@ -582,6 +649,8 @@ async fn pull_from<W: Wire>(
     };
     let ctx = ReceiveContext {
         cache: &node.cache,
+        chunks: &node.chunks,
+        metrics: &node.metrics,
         runtime: node.hosting.runtime(),
         frame_limits: node.config.frame_limits,
         token: None,
@@ -605,6 +674,10 @@ async fn pull_from<W: Wire>(
                 None,
             )
             .await
+            .map(|(last_seq, snapshot)| {
+                node.chunks.put(snapshot.bodies());
+                last_seq
+            })
             .map_err(MoveError::from)
     } else {
         let package = Package {

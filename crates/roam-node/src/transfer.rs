@@ -5,6 +5,7 @@
 //! manifest against the node's caps, the module bytes against their hash, every chunk
 //! body against the manifest.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,13 +18,15 @@ use roam_snapshot::{ChunkBody, DecodeLimits, DecodeSnapshotError, Manifest, Snap
 use sha2::{Digest, Sha256};
 
 use crate::cache::ModuleCache;
+use crate::chunks::ChunkStore;
 use crate::link::{Link, LinkError, Machine, Wire};
+use crate::metrics::Metrics;
 
 /// Module bytes travel in pieces of this size.
-const MODULE_PIECE: usize = 1 << 20;
+pub(crate) const MODULE_PIECE: usize = 1 << 20;
 
 /// Chunk bodies are grouped into ChunkData frames of about this many bytes.
-const CHUNK_BATCH: usize = 1 << 20;
+pub(crate) const CHUNK_BATCH: usize = 1 << 20;
 
 /// How long this side waits for the peer's next frame during a transfer.
 const PEER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -89,7 +92,9 @@ impl SendStateError {
     }
 }
 
-async fn next<W: Wire, M: Machine>(link: &mut Link<W, M>) -> Result<Frame, SendStateError> {
+pub(crate) async fn next_frame<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+) -> Result<Frame, SendStateError> {
     tokio::time::timeout(PEER_TIMEOUT, link.next_frame())
         .await
         .map_err(|_| SendStateError::Timeout(PEER_TIMEOUT))?
@@ -115,7 +120,7 @@ pub(crate) async fn send_state<W: Wire, M: Machine>(
     })
     .await?;
     loop {
-        let frame = next(link).await?;
+        let frame = next_frame(link).await?;
         match link.machine.on_frame(&frame) {
             Ok(Event::StateNeed { module, chunks, .. }) => {
                 let chunks = chunks.to_vec();
@@ -239,6 +244,11 @@ impl Begin {
 /// What the receiving side checks and uses.
 pub(crate) struct ReceiveContext<'a> {
     pub cache: &'a ModuleCache,
+    /// Bodies this node holds: what a transfer need not ask for, and where the bodies
+    /// received go for later transfers.
+    pub chunks: &'a ChunkStore,
+    /// Where reused chunks are counted.
+    pub metrics: &'a Metrics,
     pub runtime: &'a Runtime,
     pub frame_limits: FrameLimits,
     /// The token check, for state sent by another node: the cluster key and this node's
@@ -283,6 +293,16 @@ pub(crate) enum ReceiveStateError {
         manifest: String,
         /// Hex of StateBegin's.
         begin: String,
+    },
+    /// a StateRound announces {announced} chunk bodies, but its manifest has {found} new chunks
+    #[error(
+        "a StateRound announces {announced} chunk bodies, but its manifest has {found} new chunks"
+    )]
+    RoundCount {
+        /// The count the StateRound gave.
+        announced: u32,
+        /// The chunks of its manifest no earlier manifest held.
+        found: usize,
     },
     /// the module's bytes hash to {found}, not to {expected}
     #[error("the module's bytes hash to {found}, not to {expected}")]
@@ -335,7 +355,8 @@ impl ReceiveStateError {
             }
             ReceiveStateError::Manifest(_)
             | ReceiveStateError::ManifestModule { .. }
-            | ReceiveStateError::Chunk(_) => ErrorCode::Malformed,
+            | ReceiveStateError::Chunk(_)
+            | ReceiveStateError::RoundCount { .. } => ErrorCode::Malformed,
             ReceiveStateError::ModuleMismatch { .. } => ErrorCode::ModuleMismatch,
             ReceiveStateError::Module(_) | ReceiveStateError::Parts(_) => {
                 ErrorCode::SnapshotRefused
@@ -361,12 +382,13 @@ impl ReceiveStateError {
 }
 
 /// The chunk bodies a receiver asks for: each distinct chunk of the manifest that it does
-/// not already hold. Deltas against earlier visits will make `held` say yes.
+/// not already hold (`held` says whether it does, once per distinct chunk). Zero chunks
+/// are not in a manifest, so they never travel.
 pub(crate) fn chunks_to_ask(
     manifest: &Manifest,
-    held: impl Fn(ChunkHash) -> bool,
+    mut held: impl FnMut(ChunkHash) -> bool,
 ) -> Vec<ChunkHash> {
-    let mut seen = std::collections::HashSet::with_capacity(manifest.chunks.len());
+    let mut seen = HashSet::with_capacity(manifest.chunks.len());
     manifest
         .chunks
         .iter()
@@ -418,18 +440,22 @@ async fn receive_inner<W: Wire, M: Machine>(
         max_memory_size: ctx.runtime.config().limits.max_memory,
         ..DecodeLimits::default()
     };
-    let manifest = Manifest::decode(&begin.manifest, &limits).map_err(|e| match e {
-        DecodeSnapshotError::MemoryTooLarge { .. } | DecodeSnapshotError::TooLarge { .. } => {
-            ReceiveStateError::OverCap(e)
+    let decode_manifest = |bytes: &[u8]| {
+        let manifest = Manifest::decode(bytes, &limits).map_err(|e| match e {
+            DecodeSnapshotError::MemoryTooLarge { .. } | DecodeSnapshotError::TooLarge { .. } => {
+                ReceiveStateError::OverCap(e)
+            }
+            e => ReceiveStateError::Manifest(e),
+        })?;
+        if manifest.module_hash != begin.module_hash {
+            return Err(ReceiveStateError::ManifestModule {
+                manifest: hex::encode(manifest.module_hash),
+                begin: hex::encode(begin.module_hash),
+            });
         }
-        e => ReceiveStateError::Manifest(e),
-    })?;
-    if manifest.module_hash != begin.module_hash {
-        return Err(ReceiveStateError::ManifestModule {
-            manifest: hex::encode(manifest.module_hash),
-            begin: hex::encode(begin.module_hash),
-        });
-    }
+        Ok(manifest)
+    };
+    let mut manifest = decode_manifest(&begin.manifest)?;
     let mut module_bytes = ctx.cache.get(&begin.module_hash);
     let need_module = module_bytes.is_none();
     // Module bytes are gathered in memory before they are checked: refuse a length no
@@ -440,16 +466,32 @@ async fn receive_inner<W: Wire, M: Machine>(
             limit: roam_prepare::DEFAULT_MAX_MODULE_SIZE,
         });
     }
-    let chunks = chunks_to_ask(&manifest, |_| false);
+    if let Some(bytes) = &module_bytes {
+        // The chunks of the module's data segments need not travel.
+        ctx.chunks.put_module(&begin.module_hash, bytes);
+    }
+    // Bodies this node holds are taken out of the store now, so that evictions during the
+    // transfer cannot lose them.
+    let mut bodies: HashMap<ChunkHash, ChunkBody> = HashMap::new();
+    let chunks = chunks_to_ask(&manifest, |hash| match ctx.chunks.get(hash) {
+        Some(body) => {
+            bodies.insert(hash, body);
+            true
+        }
+        None => false,
+    });
+    ctx.metrics.chunks_reused(bodies.len());
     link.send(Frame::StateNeed {
         worker,
         module: need_module,
         chunks,
     })
     .await?;
+    // Every chunk of every manifest of this transfer: after each round the receiver holds
+    // them all, and a StateRound pushes the bodies of the others.
+    let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
 
     let mut received_module = Vec::new();
-    let mut bodies = Vec::new();
     loop {
         let frame = tokio::time::timeout(PEER_TIMEOUT, link.next_frame())
             .await
@@ -475,8 +517,30 @@ async fn receive_inner<W: Wire, M: Machine>(
             }
             Ok(Event::ChunkData { bodies: data, .. }) => {
                 for encoded in data {
-                    bodies.push(ChunkBody::decode(encoded).map_err(ReceiveStateError::Chunk)?);
+                    let body = ChunkBody::decode(encoded).map_err(ReceiveStateError::Chunk)?;
+                    bodies.insert(body.hash(), body);
                 }
+            }
+            Ok(Event::StateRound {
+                bodies: announced,
+                manifest: bytes,
+                ..
+            }) => {
+                let next = decode_manifest(bytes)?;
+                let fresh: HashSet<ChunkHash> = next
+                    .chunks
+                    .iter()
+                    .map(|c| c.hash)
+                    .filter(|h| !known.contains(h))
+                    .collect();
+                if fresh.len() != announced as usize {
+                    return Err(ReceiveStateError::RoundCount {
+                        announced,
+                        found: fresh.len(),
+                    });
+                }
+                known.extend(fresh);
+                manifest = next;
             }
             Ok(Event::TransferComplete { .. }) => break,
             Ok(Event::Ping { nonce }) => link.send(Frame::Pong { nonce }).await?,
@@ -505,6 +569,11 @@ async fn receive_inner<W: Wire, M: Machine>(
             }
         }
     }
+    let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+    let bodies: Vec<ChunkBody> = bodies
+        .into_values()
+        .filter(|b| used.contains(&b.hash()))
+        .collect();
     let module_bytes = match module_bytes {
         Some(bytes) => bytes,
         // The module was asked for and the state machine saw all of it; an empty module

@@ -138,6 +138,8 @@ frame_types! {
     StateEnd = 0x14,
     /// The receiver of a transfer runs the worker now.
     StateAdopted = 0x15,
+    /// A newer manifest of the worker moving, during pre-copy (version 2).
+    StateRound = 0x16,
     /// A client proves it owns a worker.
     Attach = 0x20,
     /// The node accepted an Attach.
@@ -264,6 +266,19 @@ pub enum Frame {
     StateEnd {
         /// The worker moving.
         worker: WorkerId,
+    },
+    /// A newer manifest of the worker moving (sender → receiver, version 2): pre-copy
+    /// sends the state in rounds while the worker keeps running, each round the chunks
+    /// that changed. `bodies` ChunkData bodies follow: one per distinct chunk of this
+    /// manifest that no earlier manifest of this transfer held. The last manifest before
+    /// StateEnd is the one the receiver restores.
+    StateRound {
+        /// The worker moving.
+        worker: WorkerId,
+        /// Chunk bodies that follow before the next StateRound or StateEnd.
+        bodies: u32,
+        /// The manifest (`roam_snapshot::Manifest::encode`), opaque here.
+        manifest: Vec<u8>,
     },
     /// The receiver restored the worker and runs it now (receiver → sender).
     StateAdopted {
@@ -401,6 +416,7 @@ impl Frame {
             Frame::ChunkData { .. } => FrameType::ChunkData,
             Frame::StateEnd { .. } => FrameType::StateEnd,
             Frame::StateAdopted { .. } => FrameType::StateAdopted,
+            Frame::StateRound { .. } => FrameType::StateRound,
             Frame::Attach { .. } => FrameType::Attach,
             Frame::Attached { .. } => FrameType::Attached,
             Frame::Post { .. } => FrameType::Post,
@@ -433,6 +449,7 @@ impl Frame {
             | Frame::StateNeed { worker, .. }
             | Frame::ChunkData { worker, .. }
             | Frame::StateEnd { worker }
+            | Frame::StateRound { worker, .. }
             | Frame::StateAdopted { worker, .. }
             | Frame::Attach { worker, .. }
             | Frame::Attached { worker, .. }
@@ -561,6 +578,15 @@ impl Frame {
                 }
             }
             Frame::StateEnd { worker } | Frame::Return { worker } => out.put_u128(*worker),
+            Frame::StateRound {
+                worker,
+                bodies,
+                manifest,
+            } => {
+                out.put_u128(*worker);
+                out.put_u32(*bodies);
+                out.put_blob(manifest);
+            }
             Frame::StateAdopted { worker, last_seq }
             | Frame::Attached { worker, last_seq }
             | Frame::Release { worker, last_seq } => {
@@ -828,6 +854,11 @@ fn decode_body(
             Frame::ChunkData { worker, bodies }
         }
         FrameType::StateEnd => Frame::StateEnd { worker: r.u128()? },
+        FrameType::StateRound => Frame::StateRound {
+            worker: r.u128()?,
+            bodies: r.u32()?,
+            manifest: r.blob()?,
+        },
         FrameType::StateAdopted => Frame::StateAdopted {
             worker: r.u128()?,
             last_seq: r.u64()?,

@@ -4,11 +4,10 @@
 use crate::NegotiateVersionError;
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The oldest protocol version this crate still speaks. Once there is a version 2, this
-/// stays one behind [`PROTOCOL_VERSION`], so a node accepts its peers of the previous
-/// release while they upgrade.
+/// The oldest protocol version this crate still speaks: one behind [`PROTOCOL_VERSION`],
+/// so a node accepts its peers of the previous release while they upgrade.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The version a node answers a Hello with: the highest version in both the peer's range

@@ -48,5 +48,5 @@ pub use error::{
     CaptureError, DeliverError, Failure, LoadError, RestoreError, RuntimeError, StartError,
 };
 pub use module::{Runtime, WorkerModule};
-pub use roam_snapshot::Snapshot;
+pub use roam_snapshot::{Delta, Snapshot};
 pub use worker::{Replies, Worker};

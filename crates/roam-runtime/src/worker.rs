@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use roam_snapshot::{GlobalValue, Snapshot, State, TableState};
+use roam_snapshot::{ChunkHash, Delta, GlobalValue, Snapshot, State, TableState};
 use wasmtime::{Func, Global, Instance, Memory, Ref, Store, Table, Trap, TypedFunc, Val};
 
 use crate::error::{CaptureError, DeliverError, Failure, RestoreError, StartError};
@@ -258,6 +258,34 @@ impl Worker {
     /// Captures the worker's whole state. Only possible between messages, which is the only
     /// time a caller holding `&mut self` can ask.
     pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
+        let state = self.state()?;
+        let chunk_size = self.runtime.shared.config.chunk_size;
+        Ok(Snapshot::capture(
+            self.memory.data(&self.store),
+            chunk_size,
+            state,
+        )?)
+    }
+
+    /// Captures the worker's whole manifest but compresses only the chunks whose hash
+    /// `known` does not know: the chunks that changed since the bodies the caller holds.
+    /// Pre-copy rounds use it while the worker keeps running between them.
+    pub fn capture_delta(
+        &mut self,
+        known: &(dyn Fn(ChunkHash) -> bool + Sync),
+    ) -> Result<Delta, CaptureError> {
+        let state = self.state()?;
+        let chunk_size = self.runtime.shared.config.chunk_size;
+        Ok(Snapshot::capture_delta(
+            self.memory.data(&self.store),
+            chunk_size,
+            state,
+            known,
+        )?)
+    }
+
+    /// Everything of the worker's state but its memory.
+    fn state(&mut self) -> Result<State, CaptureError> {
         if let Some(failure) = &self.failure {
             return Err(CaptureError::Failed(failure.clone()));
         }
@@ -318,19 +346,13 @@ impl Worker {
             }
             tables.push(TableState { elements });
         }
-        let state = State {
+        Ok(State {
             module_hash: *self.module.hash(),
             globals,
             tables,
             last_seq: self.last_seq,
             clock_ns: self.store.data().clock.now_ns(),
-        };
-        let chunk_size = self.runtime.shared.config.chunk_size;
-        Ok(Snapshot::capture(
-            self.memory.data(&self.store),
-            chunk_size,
-            state,
-        )?)
+        })
     }
 
     /// How many messages this worker has handled since it first started, across restores.

@@ -98,7 +98,7 @@ pub use model::{
     TableLimits, TableState, ValType, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
     WASM_PAGE_SIZE,
 };
-pub use snapshot::Snapshot;
+pub use snapshot::{Delta, Snapshot};
 pub use stats::{SnapshotStats, SnapshotSummary};
 
 /// The format version this crate writes, in snapshots and manifests alike.

@@ -38,7 +38,11 @@ const CAPTURE_SEGMENT: usize = 256 << 10;
 /// that every core takes from in turn: compression is what bounds capture on dense memory
 /// (lz4 runs at about 0.8 GB/s on one core here) and chunks are independent. In the
 /// browser (wasm32) it is one thread.
-fn capture_chunks(memory: &[u8], chunk_size: u32) -> (Vec<ChunkRef>, Vec<ChunkBody>) {
+fn capture_chunks(
+    memory: &[u8],
+    chunk_size: u32,
+    known: &(dyn Fn(ChunkHash) -> bool + Sync),
+) -> (Vec<ChunkRef>, Vec<ChunkBody>) {
     #[cfg(not(target_arch = "wasm32"))]
     {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,7 +64,7 @@ fn capture_chunks(memory: &[u8], chunk_size: u32) -> (Vec<ChunkRef>, Vec<ChunkBo
                                     return done;
                                 };
                                 let first = (i * CAPTURE_SEGMENT / chunk_size as usize) as u32;
-                                done.push((i, capture_segment(segment, chunk_size, first)));
+                                done.push((i, capture_segment(segment, chunk_size, first, known)));
                             }
                         })
                     })
@@ -80,11 +84,17 @@ fn capture_chunks(memory: &[u8], chunk_size: u32) -> (Vec<ChunkRef>, Vec<ChunkBo
             return (chunks, bodies);
         }
     }
-    capture_segment(memory, chunk_size, 0)
+    capture_segment(memory, chunk_size, 0, known)
 }
 
-/// Captures one run of whole chunks whose first chunk has index `first`.
-fn capture_segment(segment: &[u8], chunk_size: u32, first: u32) -> (Vec<ChunkRef>, Vec<ChunkBody>) {
+/// Captures one run of whole chunks whose first chunk has index `first`, compressing the
+/// chunks whose hash `known` does not know.
+fn capture_segment(
+    segment: &[u8],
+    chunk_size: u32,
+    first: u32,
+    known: &(dyn Fn(ChunkHash) -> bool + Sync),
+) -> (Vec<ChunkRef>, Vec<ChunkBody>) {
     let mut chunks = Vec::new();
     let mut seen = HashSetOfChunks::default();
     let mut bodies = Vec::new();
@@ -100,11 +110,22 @@ fn capture_segment(segment: &[u8], chunk_size: u32, first: u32) -> (Vec<ChunkRef
             index: first + i as u32,
             hash,
         });
-        if seen.insert(hash) {
+        if seen.insert(hash) && !known(hash) {
             bodies.push(ChunkBody::compress_hashed(chunk, hash, &mut scratch));
         }
     }
     (chunks, bodies)
+}
+
+/// A capture that holds only the bodies of chunks the caller did not know
+/// ([`Snapshot::capture_delta`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    /// The whole manifest.
+    pub manifest: Manifest,
+    /// One body per distinct chunk of the manifest that was not known, in ascending hash
+    /// order.
+    pub bodies: Vec<ChunkBody>,
 }
 
 /// A worker's state at an idle point: the [`Manifest`] and one compressed body per
@@ -128,15 +149,32 @@ impl Snapshot {
         chunk_size: u32,
         state: State,
     ) -> Result<Snapshot, CaptureSnapshotError> {
+        let delta = Snapshot::capture_delta(memory, chunk_size, state, &|_| false)?;
+        Ok(Snapshot {
+            manifest: delta.manifest,
+            bodies: delta.bodies,
+        })
+    }
+
+    /// Captures like [`capture`](Snapshot::capture), but compresses and returns only the
+    /// bodies of chunks whose hash `known` does not know: the chunks that changed since an
+    /// earlier capture whose bodies the caller (or the receiver of a move) already holds.
+    /// Every chunk is still hashed, so the manifest is complete. Pre-copy rounds use it.
+    pub fn capture_delta(
+        memory: &[u8],
+        chunk_size: u32,
+        state: State,
+        known: &(dyn Fn(ChunkHash) -> bool + Sync),
+    ) -> Result<Delta, CaptureSnapshotError> {
         check_memory(memory.len(), chunk_size)?;
         check_state(&state)?;
 
-        let (chunks, mut bodies) = capture_chunks(memory, chunk_size);
+        let (chunks, mut bodies) = capture_chunks(memory, chunk_size, known);
         bodies.sort_unstable_by_key(ChunkBody::hash);
         // Segments captured in parallel may each hold a body of the same content.
         bodies.dedup_by_key(|b| b.hash());
 
-        Ok(Snapshot {
+        Ok(Delta {
             manifest: Manifest {
                 module_hash: state.module_hash,
                 chunk_size,

@@ -2,7 +2,7 @@
 //! serving its other workers (and, unless the protocol says otherwise, the connection).
 
 use roam_node::{NodeRole, DEV_CLUSTER_KEY};
-use roam_proto::{ErrorCode, Frame, MoveToken, PeerKind};
+use roam_proto::{ErrorCode, Frame, MoveToken, PeerKind, PROTOCOL_VERSION};
 
 use crate::support::{message, Client, LocalWorker, TestNode};
 
@@ -58,7 +58,7 @@ async fn garbage_and_text_are_refused_and_the_connection_goes_on() {
 async fn old_and_future_versions_are_refused_and_closed() {
     let node = TestNode::start(NodeRole::Edge).await;
     let (mut bystander, _local, mut twin) = node_with_a_bystander(&node).await;
-    for (min, max) in [(0, 0), (2, 9)] {
+    for (min, max) in [(0, 0), (PROTOCOL_VERSION + 1, 9)] {
         let mut client = Client::connect(&node.url).await;
         client
             .send(&Frame::Hello {
@@ -73,6 +73,20 @@ async fn old_and_future_versions_are_refused_and_closed() {
         assert!(text.contains(&format!("{min}..={max}")), "{text}");
         assert_eq!(client.next().await, None, "the node closes the connection");
     }
+    // The previous version is still spoken.
+    let mut client = Client::connect(&node.url).await;
+    client
+        .send(&Frame::Hello {
+            min_version: 1,
+            max_version: 1,
+            peer: PeerKind::Client,
+            name: "a version-1 client".into(),
+        })
+        .await;
+    assert!(matches!(
+        client.next().await,
+        Some(Frame::Welcome { version: 1, .. })
+    ));
     // Anything before Hello is refused the same way.
     let mut client = Client::connect(&node.url).await;
     client.send(&Frame::Ping { nonce: 3 }).await;

@@ -4,4 +4,5 @@ mod bad_input;
 mod basics;
 mod lifecycle;
 mod moves;
+mod precopy;
 mod support;

@@ -250,6 +250,10 @@ impl ClientSession {
                     Frame::ChunkData { worker, .. } | Frame::StateEnd { worker } => {
                         *worker == incoming.worker
                     }
+                    // Pre-copy rounds are version 2.
+                    Frame::StateRound { worker, .. } => {
+                        *worker == incoming.worker && self.version.is_some_and(|v| v >= 2)
+                    }
                     _ => false,
                 };
                 if !ours {
@@ -336,6 +340,8 @@ impl ClientSession {
     /// Sending StateBegin starts a transfer to the node, sending Return waits for one from
     /// it; an Error without a worker, or a Goodbye, closes the session.
     pub fn on_send(&mut self, frame: &Frame) -> Result<(), SendFrameError> {
+        // Pre-copy rounds are version 2.
+        let rounds = self.version.is_some_and(|v| v >= 2);
         let state_name = self.state.name();
         let not_valid = || SendFrameError::NotValid {
             frame: frame.name(),
@@ -405,7 +411,11 @@ impl ClientSession {
                 _ => Err(not_valid()),
             },
             (ClientState::SendingState { stage, .. }, frame) => match (frame, *stage) {
-                (Frame::ModuleData { .. } | Frame::ChunkData { .. }, SendStage::Sending) => Ok(()),
+                (Frame::StateRound { .. }, SendStage::Sending) if !rounds => Err(not_valid()),
+                (
+                    Frame::ModuleData { .. } | Frame::ChunkData { .. } | Frame::StateRound { .. },
+                    SendStage::Sending,
+                ) => Ok(()),
                 (Frame::StateEnd { .. }, SendStage::Sending) => {
                     *stage = SendStage::AwaitAdopted;
                     Ok(())

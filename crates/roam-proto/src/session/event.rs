@@ -91,6 +91,16 @@ pub enum Event<'f> {
         /// Each a `roam_snapshot::ChunkBody` encoding.
         bodies: &'f [Vec<u8>],
     },
+    /// A newer manifest of the worker moving (pre-copy): `bodies` chunk bodies follow,
+    /// one per distinct chunk of it that no earlier manifest of the transfer held.
+    StateRound {
+        /// The worker moving.
+        worker: WorkerId,
+        /// Bodies that follow.
+        bodies: u32,
+        /// The manifest bytes.
+        manifest: &'f [u8],
+    },
     /// Everything asked for arrived: restore the worker, then send StateAdopted (or an
     /// Error).
     TransferComplete {

@@ -202,6 +202,10 @@ impl NodeSession {
                     Frame::ChunkData { worker, .. } | Frame::StateEnd { worker } => {
                         *worker == incoming.worker
                     }
+                    // Pre-copy rounds are version 2.
+                    Frame::StateRound { worker, .. } => {
+                        *worker == incoming.worker && self.version.is_some_and(|v| v >= 2)
+                    }
                     _ => false,
                 };
                 if !ours {
@@ -392,6 +396,8 @@ impl NodeSession {
     /// Sending an Error without a worker, or a Goodbye, closes the session; an Error for
     /// the worker of the transfer in progress abandons the transfer.
     pub fn on_send(&mut self, frame: &Frame) -> Result<(), SendFrameError> {
+        // Pre-copy rounds are version 2.
+        let rounds = self.version.is_some_and(|v| v >= 2);
         let state_name = self.state.name();
         let not_valid = || SendFrameError::NotValid {
             frame: frame.name(),
@@ -480,9 +486,13 @@ impl NodeSession {
                         *stage = SendStage::AwaitNeed;
                         Ok(())
                     }
-                    (Frame::ModuleData { .. } | Frame::ChunkData { .. }, SendStage::Sending) => {
-                        Ok(())
-                    }
+                    (Frame::StateRound { .. }, SendStage::Sending) if !rounds => Err(not_valid()),
+                    (
+                        Frame::ModuleData { .. }
+                        | Frame::ChunkData { .. }
+                        | Frame::StateRound { .. },
+                        SendStage::Sending,
+                    ) => Ok(()),
                     (Frame::StateEnd { .. }, SendStage::Sending) => {
                         *stage = SendStage::AwaitAdopted;
                         Ok(())

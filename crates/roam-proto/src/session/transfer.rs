@@ -87,7 +87,7 @@ impl Incoming {
         true
     }
 
-    /// Takes a ModuleData, ChunkData or StateEnd of this transfer. A refusal aborts the
+    /// Takes a ModuleData, ChunkData, StateRound or StateEnd of this transfer. A refusal aborts the
     /// transfer; the caller drops it.
     pub(crate) fn receive<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
         let worker = self.worker;
@@ -160,6 +160,21 @@ impl Incoming {
                     remaining: remaining - count,
                 };
                 Ok(Event::ChunkData { worker, bodies })
+            }
+            (
+                Frame::StateRound {
+                    bodies, manifest, ..
+                },
+                ReceiveStage::Chunks { remaining: 0 },
+            ) => {
+                self.stage = ReceiveStage::Chunks {
+                    remaining: u64::from(*bodies),
+                };
+                Ok(Event::StateRound {
+                    worker,
+                    bodies: *bodies,
+                    manifest,
+                })
             }
             (Frame::StateEnd { .. }, ReceiveStage::Module { received, .. }) => {
                 Err(ProtocolError::ModuleIncomplete {

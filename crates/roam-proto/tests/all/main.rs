@@ -113,6 +113,11 @@ pub fn samples() -> Vec<Frame> {
                 },
             },
             Frame::StateEnd { worker: w },
+            Frame::StateRound {
+                worker: w,
+                bodies: u32::MAX,
+                manifest: vec![0x5A; 300],
+            },
             Frame::StateAdopted {
                 worker: w,
                 last_seq: n,

@@ -3,7 +3,7 @@
 
 use roam_proto::{
     ClientSession, ClientState, ErrorCode, Event, Frame, FrameLimits, NodeRole, NodeSession,
-    NodeState, PeerKind, ProtocolError, ReceiveStage, SendFrameError, SendStage,
+    NodeState, PeerKind, ProtocolError, ReceiveStage, SendFrameError, SendStage, PROTOCOL_VERSION,
 };
 
 use crate::samples;
@@ -20,23 +20,39 @@ struct Link {
 
 impl Link {
     fn connected(role: NodeRole) -> Link {
+        Link::speaking(role, PROTOCOL_VERSION)
+    }
+
+    /// A link whose client offers only versions up to `max_version`.
+    fn speaking(role: NodeRole, max_version: u16) -> Link {
         let mut link = Link {
             client: ClientSession::new(),
             node: NodeSession::new(role),
         };
-        let hello = ClientSession::hello(PeerKind::Client, "test");
+        let Frame::Hello {
+            min_version, name, ..
+        } = ClientSession::hello(PeerKind::Client, "test")
+        else {
+            unreachable!("hello is a Hello")
+        };
+        let hello = Frame::Hello {
+            min_version: min_version.min(max_version),
+            max_version,
+            peer: PeerKind::Client,
+            name,
+        };
         assert!(matches!(
             link.send_to_node(&hello),
-            Ok(Event::Hello { version: 1, .. })
+            Ok(Event::Hello { version, .. }) if version == max_version
         ));
         let welcome = Frame::Welcome {
-            version: 1,
+            version: max_version,
             node_id: "n".into(),
             role,
         };
         assert!(matches!(
             link.send_to_client(&welcome),
-            Ok(Event::Welcome { version: 1, .. })
+            Ok(Event::Welcome { version, .. }) if version == max_version
         ));
         link
     }
@@ -755,4 +771,59 @@ fn sending_out_of_turn_is_refused() {
         .is_err());
     let mut fresh = NodeSession::new(NodeRole::Edge);
     assert!(fresh.on_send(&Frame::Ping { nonce: 1 }).is_err());
+}
+
+fn state_round(worker: u128, bodies: u32) -> Frame {
+    Frame::StateRound {
+        worker,
+        bodies,
+        manifest: vec![0xCD; 64],
+    }
+}
+
+#[test]
+fn pre_copy_rounds_follow_the_bodies_of_the_round_before() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(0);
+    link.need(false, 2);
+    // Not before the bodies asked for have all arrived.
+    let mut early = Link::connected(NodeRole::Edge);
+    early.begin(0);
+    early.need(false, 2);
+    early.send_to_node(&chunk_data(W, 1)).unwrap();
+    assert!(early.client.on_send(&state_round(W, 1)).is_ok());
+    let err = early.node.on_frame(&state_round(W, 1)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+    assert_eq!(early.node.state(), &NodeState::Ready);
+
+    link.send_to_node(&chunk_data(W, 2)).unwrap();
+    assert!(matches!(
+        link.send_to_node(&state_round(W, 3)),
+        Ok(Event::StateRound {
+            worker: W,
+            bodies: 3,
+            ..
+        })
+    ));
+    assert_eq!(receiving(&link.node), ReceiveStage::Chunks { remaining: 3 });
+    link.send_to_node(&chunk_data(W, 3)).unwrap();
+    // A round may push nothing, and the transfer ends as any other.
+    link.send_to_node(&state_round(W, 0)).unwrap();
+    assert!(matches!(
+        link.send_to_node(&Frame::StateEnd { worker: W }),
+        Ok(Event::TransferComplete { worker: W })
+    ));
+}
+
+#[test]
+fn pre_copy_rounds_are_refused_on_a_version_1_connection() {
+    let mut link = Link::speaking(NodeRole::Edge, 1);
+    link.begin(0);
+    link.need(false, 0);
+    assert!(
+        link.client.on_send(&state_round(W, 0)).is_err(),
+        "a version-1 sender may not send a StateRound"
+    );
+    let err = link.node.on_frame(&state_round(W, 0)).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
 }

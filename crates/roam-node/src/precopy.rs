@@ -1,0 +1,394 @@
+//! Pre-copy: sending a worker that keeps running while its state travels.
+//!
+//! Round 0 is an ordinary transfer (StateBegin → StateNeed → the module and chunks asked
+//! for) while the worker goes on handling messages. Each later round captures the worker
+//! between two messages, hashing every chunk but compressing only the ones the receiver
+//! does not hold yet, and pushes them behind a StateRound (protocol version 2); a Ping
+//! after each round times its delivery, which gives the link's bandwidth. The rounds stop
+//! when the chunks changed since the last one would cross the link within the downtime
+//! target, when they stop shrinking, or after `max_rounds`. Then the worker stops taking
+//! messages (Posts wait, and the client replays them at the destination), the last delta
+//! goes out with StateEnd, and the destination restores and answers StateAdopted. The
+//! worker is unavailable only during that last round.
+//!
+//! ```mermaid
+//! sequenceDiagram
+//!     participant S as source (worker runs)
+//!     participant D as destination
+//!     S->>D: StateBegin(manifest 0)
+//!     D->>S: StateNeed(chunks it lacks)
+//!     S->>D: ModuleData*, ChunkData*, Ping
+//!     D->>S: Pong
+//!     loop while the delta shrinks and is over the downtime target
+//!         S->>D: StateRound(manifest k, n), ChunkData(n bodies), Ping
+//!         D->>S: Pong
+//!     end
+//!     Note over S: worker paused
+//!     S->>D: StateRound(final manifest, n), ChunkData, StateEnd
+//!     D->>S: StateAdopted(last_seq)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use roam_proto::{ChunkHash, ErrorCode, Event, Frame, MoveToken, WorkerId};
+use roam_runtime::{Delta, WorkerModule};
+use roam_snapshot::ChunkBody;
+
+use crate::chunks::ChunkStore;
+use crate::hosting::{BeginMoveError, Hosting};
+use crate::link::{Link, Machine, Wire};
+use crate::transfer::{next_frame, SendStateError, CHUNK_BATCH, MODULE_PIECE};
+
+/// How pre-copy decides when to stop.
+#[derive(Debug, Clone, Copy)]
+pub struct PrecopySettings {
+    /// The longest the worker should be paused: the last round's bytes over the
+    /// bandwidth measured must fit in it. Default 20 ms.
+    pub downtime_target: Duration,
+    /// Most rounds after the first; 0 sends the state once with the worker paused
+    /// (stop-and-copy). Default 8.
+    pub max_rounds: u32,
+}
+
+impl Default for PrecopySettings {
+    fn default() -> Self {
+        PrecopySettings {
+            downtime_target: Duration::from_millis(20),
+            max_rounds: 8,
+        }
+    }
+}
+
+/// What a pre-copy did, for logs and metrics.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PrecopyReport {
+    /// Rounds sent while the worker ran (the first included).
+    pub rounds: u32,
+    /// Chunk-body bytes sent while the worker ran.
+    pub live_bytes: u64,
+    /// Chunk-body bytes sent while it was paused.
+    pub paused_bytes: u64,
+    /// From the pause to StateAdopted.
+    pub paused: Duration,
+    /// The bandwidth measured, bytes per second (0 when no round was timed).
+    pub bandwidth: f64,
+}
+
+/// Why a pre-copy failed. The worker resumes here in every case.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PrecopyError {
+    /// {0}
+    #[error("{0}")]
+    Capture(#[from] BeginMoveError),
+    /// {0}
+    #[error("{0}")]
+    Send(#[from] SendStateError),
+}
+
+impl PrecopyError {
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            PrecopyError::Capture(BeginMoveError::AlreadyMoving(_)) => ErrorCode::Busy,
+            PrecopyError::Capture(BeginMoveError::UnknownWorker(_)) => ErrorCode::UnknownWorker,
+            PrecopyError::Capture(BeginMoveError::Capture(..)) => ErrorCode::WorkerFailed,
+            PrecopyError::Send(e) => e.code(),
+        }
+    }
+}
+
+/// The worker a pre-copy sends, and where its state goes once sent.
+pub(crate) struct Live<'a> {
+    pub hosting: &'a Hosting,
+    pub worker: WorkerId,
+    /// Where the bodies sent are kept, for later deltas (a worker that comes back).
+    pub chunks: &'a ChunkStore,
+}
+
+/// Sends a hosted, running worker on `link` (whose state machine may send StateBegin
+/// now) in pre-copy rounds and waits for StateAdopted: returns the receiver's `last_seq`.
+/// On success the worker is paused and its state adopted; the caller drops it
+/// (`end_move(worker, true)`). On failure the caller resumes it (`end_move(worker, false)`).
+pub(crate) async fn send_live<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    live: &Live<'_>,
+    token: Option<MoveToken>,
+    settings: &PrecopySettings,
+) -> Result<(u64, PrecopyReport), PrecopyError> {
+    let worker = live.worker;
+    let hosted = live.hosting.begin_precopy(worker)?;
+    let module = hosted.module.clone();
+    // Version 1 peers know no StateRound: they get the state in one paused round.
+    let max_rounds = if link.machine.version().is_some_and(|v| v >= 2) {
+        settings.max_rounds
+    } else {
+        0
+    };
+    let mut report = PrecopyReport::default();
+    let mut known: HashSet<ChunkHash> = HashSet::new();
+
+    // Round 0: the whole state, the worker running unless no round is allowed.
+    let first = live
+        .hosting
+        .capture_round(worker, &hosted, Arc::new(HashSet::new()), max_rounds == 0)
+        .await?;
+    let paused_at = (max_rounds == 0).then(Instant::now);
+    link.send(Frame::StateBegin {
+        worker,
+        module_hash: *module.hash(),
+        module_len: module.bytes().len() as u32,
+        owner: hosted.owner,
+        token,
+        manifest: first.manifest.encode(),
+    })
+    .await
+    .map_err(SendStateError::from)?;
+    let (need_module, need) = match await_answer(link, worker).await? {
+        Answer::Need { module, chunks } => (module, chunks),
+        other => return Err(other.unexpected("StateNeed").into()),
+    };
+    let started = Instant::now();
+    let mut module_bytes = 0;
+    if need_module {
+        send_module(link, &module).await?;
+        module_bytes = module.bytes().len() as u64;
+    }
+    let bodies: HashMap<ChunkHash, &ChunkBody> =
+        first.bodies.iter().map(|b| (b.hash(), b)).collect();
+    let mut wanted = Vec::with_capacity(need.len());
+    for hash in &need {
+        let Some(body) = bodies.get(hash) else {
+            return Err(SendStateError::UnknownChunk(*hash).into());
+        };
+        wanted.push(*body);
+    }
+    let bytes = send_bodies(link, worker, wanted.iter().copied()).await?;
+    live.chunks.put(&first.bodies);
+    known.extend(first.manifest.chunks.iter().map(|c| c.hash));
+    let mut manifest_len = first.manifest.encoded_len() as u64;
+    drop(first);
+
+    if let Some(paused_at) = paused_at {
+        report.paused_bytes = bytes;
+        let last_seq = finish(link, worker).await?;
+        report.paused = paused_at.elapsed();
+        return Ok((last_seq, report));
+    }
+    report.rounds = 1;
+    report.live_bytes = bytes;
+    let mut bandwidth =
+        timed_delivery(link, worker, module_bytes + bytes + manifest_len, started).await?;
+    let mut previous = bytes;
+
+    for round in 1..=max_rounds {
+        let delta = live
+            .hosting
+            .capture_round(worker, &hosted, Arc::new(known.clone()), false)
+            .await?;
+        let delta_bytes: u64 = delta.bodies.iter().map(|b| b.encoded_len() as u64).sum();
+        let estimate = Duration::from_secs_f64(delta_bytes as f64 / bandwidth.max(1.0));
+        let fits = estimate <= settings.downtime_target;
+        let shrinking = delta_bytes < previous - previous / 10;
+        tracing::debug!(
+            round,
+            delta_bytes,
+            ?estimate,
+            bandwidth,
+            "pre-copy round captured"
+        );
+        if fits || !shrinking || round == max_rounds {
+            // The paused capture below supersedes this delta.
+            break;
+        }
+        manifest_len = delta.manifest.encoded_len() as u64;
+        let started = Instant::now();
+        let sent = send_round(link, worker, &delta).await?;
+        live.chunks.put(&delta.bodies);
+        known.extend(delta.manifest.chunks.iter().map(|c| c.hash));
+        bandwidth = timed_delivery(link, worker, sent + manifest_len, started).await?;
+        report.rounds += 1;
+        report.live_bytes += sent;
+        previous = sent;
+    }
+    // The last round: the worker stops taking messages, and what changed since the last
+    // round sent goes out with StateEnd.
+    let paused_at = Instant::now();
+    let delta = live
+        .hosting
+        .capture_round(worker, &hosted, Arc::new(known), true)
+        .await?;
+    report.paused_bytes = send_round(link, worker, &delta).await?;
+    live.chunks.put(&delta.bodies);
+    let last_seq = finish(link, worker).await?;
+    report.paused = paused_at.elapsed();
+    report.bandwidth = bandwidth;
+    Ok((last_seq, report))
+}
+
+/// Sends a StateRound and the bodies it announces; returns the bodies' bytes.
+async fn send_round<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    worker: WorkerId,
+    delta: &Delta,
+) -> Result<u64, SendStateError> {
+    link.send(Frame::StateRound {
+        worker,
+        bodies: delta.bodies.len() as u32,
+        manifest: delta.manifest.encode(),
+    })
+    .await?;
+    send_bodies(link, worker, delta.bodies.iter()).await
+}
+
+/// Sends StateEnd and waits for StateAdopted.
+async fn finish<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    worker: WorkerId,
+) -> Result<u64, SendStateError> {
+    link.send(Frame::StateEnd { worker }).await?;
+    match await_answer(link, worker).await? {
+        Answer::Adopted { last_seq } => Ok(last_seq),
+        other => Err(other.unexpected("StateAdopted")),
+    }
+}
+
+/// Pings the receiver after a round and waits for its Pong: everything sent before has
+/// arrived. Returns the bandwidth this shows, bytes per second.
+async fn timed_delivery<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    worker: WorkerId,
+    bytes: u64,
+    started: Instant,
+) -> Result<f64, SendStateError> {
+    let nonce = started.elapsed().as_nanos() as u64 ^ worker as u64;
+    link.send(Frame::Ping { nonce }).await?;
+    loop {
+        match await_answer(link, worker).await? {
+            Answer::Pong { nonce: n } if n == nonce => break,
+            Answer::Pong { .. } => {}
+            other => return Err(other.unexpected("Pong")),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64().max(1e-6);
+    Ok(bytes as f64 / elapsed)
+}
+
+/// What the receiver of a pre-copy said.
+enum Answer {
+    Need {
+        module: bool,
+        chunks: Vec<ChunkHash>,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Adopted {
+        last_seq: u64,
+    },
+}
+
+impl Answer {
+    fn unexpected(&self, wanted: &str) -> SendStateError {
+        let got = match self {
+            Answer::Need { .. } => "StateNeed",
+            Answer::Pong { .. } => "Pong",
+            Answer::Adopted { .. } => "StateAdopted",
+        };
+        SendStateError::Left(format!("expected {wanted}, the receiver sent {got}"))
+    }
+}
+
+/// The receiver's next answer; Pings are answered, refusals end the transfer.
+async fn await_answer<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    worker: WorkerId,
+) -> Result<Answer, SendStateError> {
+    loop {
+        let frame = next_frame(link).await?;
+        match link.machine.on_frame(&frame) {
+            Ok(Event::StateNeed { module, chunks, .. }) => {
+                return Ok(Answer::Need {
+                    module,
+                    chunks: chunks.to_vec(),
+                })
+            }
+            Ok(Event::StateAdopted { last_seq, .. }) => return Ok(Answer::Adopted { last_seq }),
+            Ok(Event::Pong { nonce }) => return Ok(Answer::Pong { nonce }),
+            Ok(Event::PeerError {
+                worker: Some(w),
+                code,
+                message,
+            }) if w == worker => {
+                return Err(SendStateError::Refused {
+                    worker,
+                    code,
+                    message: message.to_owned(),
+                })
+            }
+            Ok(Event::PeerError {
+                worker: None,
+                code,
+                message,
+            }) => return Err(SendStateError::Left(format!("{code}: {message}"))),
+            Ok(Event::Goodbye { reason }) => return Err(SendStateError::Left(reason.to_owned())),
+            Ok(Event::Ping { nonce }) => link.send(Frame::Pong { nonce }).await?,
+            Ok(_) => {}
+            Err(refusal) => {
+                link.refuse(&refusal).await?;
+                if link.machine.is_ready() || link.machine.is_closed() {
+                    return Err(refusal.into());
+                }
+            }
+        }
+    }
+}
+
+/// Sends the module's bytes in pieces.
+pub(crate) async fn send_module<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    module: &WorkerModule,
+) -> Result<(), SendStateError> {
+    for (i, piece) in module.bytes().chunks(MODULE_PIECE).enumerate() {
+        link.send(Frame::ModuleData {
+            module_hash: *module.hash(),
+            offset: (i * MODULE_PIECE) as u32,
+            bytes: piece.to_vec(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sends chunk bodies in ChunkData frames of about [`CHUNK_BATCH`] bytes; returns the
+/// bodies' encoded bytes.
+pub(crate) async fn send_bodies<'b, W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    worker: WorkerId,
+    bodies: impl Iterator<Item = &'b ChunkBody>,
+) -> Result<u64, SendStateError> {
+    let mut total = 0u64;
+    let mut batch = Vec::new();
+    let mut batch_len = 0;
+    for body in bodies {
+        batch_len += body.encoded_len();
+        total += body.encoded_len() as u64;
+        batch.push(body.encode());
+        if batch_len >= CHUNK_BATCH {
+            batch_len = 0;
+            link.send(Frame::ChunkData {
+                worker,
+                bodies: std::mem::take(&mut batch),
+            })
+            .await?;
+        }
+    }
+    if !batch.is_empty() {
+        link.send(Frame::ChunkData {
+            worker,
+            bodies: batch,
+        })
+        .await?;
+    }
+    Ok(total)
+}
