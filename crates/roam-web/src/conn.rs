@@ -343,7 +343,7 @@ fn receive(store: &mut Store, id: u32, bytes: &[u8]) -> Result<Answer, String> {
             json!({ "type": "ChunkData", "worker": id_hex(worker), "bodies": bodies.len() })
         }
         Frame::StateEnd { worker } => json!({ "type": "StateEnd", "worker": id_hex(worker) }),
-        other => json!({ "type": other.name() }),
+        other => json!({ "type": "Other", "name": other.name() }),
     };
     let mut blobs = Vec::with_capacity(to_send.len() + 1);
     for frame in &to_send {
