@@ -65,12 +65,12 @@ fn build_sdk() -> Result<()> {
     };
     if stale {
         step("browser SDK: npm ci");
-        run(Command::new("npm").arg("ci").current_dir(&js)).context(
+        run_in(&js, Command::new("npm").arg("ci")).context(
             "npm ci failed: Node.js 20 and npm must be installed, and the npm registry reachable",
         )?;
     }
     step("browser SDK: TypeScript");
-    run(Command::new("npm").args(["run", "build"]).current_dir(&js))?;
+    run_in(&js, Command::new("npm").args(["run", "build"]))?;
     let out = js.join("build/src/roam_web.wasm");
     std::fs::write(&out, &stripped).with_context(|| format!("write {}", out.display()))?;
     println!(
@@ -149,9 +149,8 @@ fn ensure_chromium() -> Result<()> {
 
 /// A cloud and two edges on loopback, stopped when dropped.
 struct Cluster {
-    cloud: nodes::Node,
-    edge_a: nodes::Node,
-    edge_b: nodes::Node,
+    /// The cloud, edge A and edge B.
+    nodes: Vec<nodes::Node>,
     data: PathBuf,
 }
 
@@ -162,26 +161,38 @@ impl Cluster {
         let edge_a = nodes::Node::start(roam, "edge", Some(cloud.url()), &data.join("edge-a"))?;
         let edge_b = nodes::Node::start(roam, "edge", Some(cloud.url()), &data.join("edge-b"))?;
         Ok(Cluster {
-            cloud,
-            edge_a,
-            edge_b,
+            nodes: vec![cloud, edge_a, edge_b],
             data,
         })
+    }
+
+    fn cloud(&self) -> &str {
+        self.nodes[0].url()
+    }
+
+    fn edge_a(&self) -> &str {
+        self.nodes[1].url()
+    }
+
+    fn edge_b(&self) -> &str {
+        self.nodes[2].url()
     }
 
     /// What the pages read from `/config.json`.
     fn config(&self) -> String {
         format!(
             r#"{{"cloud":"{}","edgeA":"{}","edgeB":"{}"}}"#,
-            self.cloud.url(),
-            self.edge_a.url(),
-            self.edge_b.url()
+            self.cloud(),
+            self.edge_a(),
+            self.edge_b()
         )
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // The nodes save their workers into the data directory as they stop.
+        self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.data);
     }
 }
@@ -306,13 +317,26 @@ fn respond(stream: &mut TcpStream, status: &str, kind: &str, body: &[u8]) -> Res
 fn run_script(script: &str, page: &str, extra: &[(&str, PathBuf)]) -> Result<()> {
     let mut cmd = Command::new("node");
     cmd.arg(format!("build/test/{script}"))
-        .current_dir(root().join("js"))
         .env("ROAM_PAGE", page)
         .env("ROAM_CHROMIUM", CHROMIUM);
     for (key, value) in extra {
         cmd.env(key, value);
     }
-    run(&mut cmd)
+    run_in(&root().join("js"), &mut cmd)
+}
+
+/// Runs a command in `dir` (`crate::run` runs in the repository root), failing with its
+/// exit status.
+fn run_in(dir: &Path, cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?} in {}", dir.display());
+    let status = cmd
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
 }
 
 /// The browser tests: builds what they need, starts the nodes and the page server, runs
@@ -345,14 +369,20 @@ pub fn demo() -> Result<()> {
     step("demo: the browser page");
     println!(
         "cloud {}, edge A {}, edge B {}",
-        cluster.cloud.url(),
-        cluster.edge_a.url(),
-        cluster.edge_b.url()
+        cluster.cloud(),
+        cluster.edge_a(),
+        cluster.edge_b()
     );
-    println!("\n  open {page}/ in a browser (Ctrl-C to stop)\n");
-    loop {
-        std::thread::park();
+    println!("\n  open {page}/ in a browser; press Enter (or Ctrl-C) to stop\n");
+    let mut line = String::new();
+    // Without a terminal (stdin at its end) the page stays up until the process is stopped.
+    if std::io::stdin().read_line(&mut line).unwrap_or(0) == 0 {
+        loop {
+            std::thread::park();
+        }
     }
+    drop(cluster);
+    Ok(())
 }
 
 /// The browser benchmark: frame rate of N cubes, local on a CPU slowed 4× versus
