@@ -195,6 +195,22 @@ async function frameRate(cubes: number, place: PlaceName, ms: number, deviceSlow
   return { fps: (frames * 1000) / elapsed, stepMs: elapsed / frames };
 }
 
-const harness = { config, run, startError, refusedMove, snapshotRoundTrip, frameRate };
+/** Physics at `cubes` cubes after `steps` steps, then `repeats` snapshot checks (each a
+ * capture and a restore in this page). */
+async function snapshotThroughput(cubes: number, steps: number, repeats: number): Promise<SnapshotCheck[]> {
+  const worker = new RoamWorker("/workers/physics.wasm");
+  let replies = 0;
+  worker.onmessage = () => (replies += 1);
+  await worker.ready;
+  worker.postMessage(physicsInit(cubes, 7));
+  for (let i = 0; i < steps; i++) worker.postMessage(physicsStep(1));
+  await until(() => replies === steps + 1, 120_000, "physics replies");
+  const checks: SnapshotCheck[] = [];
+  for (let i = 0; i < repeats; i++) checks.push(await worker.checkSnapshot());
+  worker.terminate();
+  return checks;
+}
+
+const harness = { config, run, startError, refusedMove, snapshotRoundTrip, frameRate, snapshotThroughput };
 (globalThis as unknown as { harness: typeof harness }).harness = harness;
 document.getElementById("status")!.textContent = "ready";

@@ -26,7 +26,13 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|dir| if dir.is_absolute() { dir } else { root().join(dir) })
+        .map(|dir| {
+            if dir.is_absolute() {
+                dir
+            } else {
+                root().join(dir)
+            }
+        })
         .unwrap_or_else(|| root().join("target"))
 }
 
@@ -244,7 +250,12 @@ impl Site {
         let path = target.split(['?', '#']).next().unwrap_or("/");
         let mut stream = stream;
         if method != "GET" && method != "HEAD" {
-            return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"GET only");
+            return respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain",
+                b"GET only",
+            );
         }
         let body = match self.resolve(path) {
             Some(Served::Bytes(bytes, kind)) => Some((bytes, kind)),
@@ -261,7 +272,10 @@ impl Site {
     }
 
     fn resolve(&self, path: &str) -> Option<Served> {
-        if path.split('/').any(|part| part == ".." || part.starts_with('.') && !part.is_empty()) {
+        if path
+            .split('/')
+            .any(|part| part == ".." || part.starts_with('.') && !part.is_empty())
+        {
             return None;
         }
         match path {
@@ -348,7 +362,9 @@ pub fn test() -> Result<()> {
     build_sdk()?;
     let cluster = Cluster::start(&roam)?;
     let page = serve(cluster.config())?;
-    step(&format!("browser tests (headless chromium, pages at {page})"));
+    step(&format!(
+        "browser tests (headless chromium, pages at {page})"
+    ));
     let artifacts = root().join("target/browser");
     std::fs::create_dir_all(&artifacts)?;
     run_script("browser.test.js", &page, &[("ROAM_ARTIFACTS", artifacts)])?;

@@ -213,7 +213,9 @@ fn receive(store: &mut Store, id: u32, bytes: &[u8]) -> Result<Answer, String> {
             version,
             node_id,
             role,
-        } => json!({ "type": "Welcome", "version": version, "node_id": node_id, "role": role.to_string() }),
+        } => {
+            json!({ "type": "Welcome", "version": version, "node_id": node_id, "role": role.to_string() })
+        }
         Frame::Ping { nonce } => {
             to_send.push(Frame::Pong { nonce });
             json!({ "type": "Ping" })
@@ -241,12 +243,16 @@ fn receive(store: &mut Store, id: u32, bytes: &[u8]) -> Result<Answer, String> {
             worker,
             seq,
             reason,
-        } => json!({ "type": "WorkerFailed", "worker": id_hex(worker), "seq": seq, "reason": reason }),
+        } => {
+            json!({ "type": "WorkerFailed", "worker": id_hex(worker), "seq": seq, "reason": reason })
+        }
         Frame::Moved {
             worker,
             destination,
             last_seq,
-        } => json!({ "type": "Moved", "worker": id_hex(worker), "destination": destination, "last_seq": last_seq }),
+        } => {
+            json!({ "type": "Moved", "worker": id_hex(worker), "destination": destination, "last_seq": last_seq })
+        }
         Frame::Nodes { nodes } => json!({
             "type": "Nodes",
             "nodes": nodes.iter().map(|n| json!({
