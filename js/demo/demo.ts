@@ -152,13 +152,15 @@ const reply = () => new Promise<ArrayBuffer>((resolve) => (resolveReply = resolv
 let pendingInit: number | null = Number(slider.value);
 const frameTimes: number[] = [];
 const gaps: number[] = [];
-let lastReply = performance.now();
+/** When the last reply came; null before the first (whose wait includes the start-up). */
+let lastReply: number | null = null;
 
 /** The move in progress, measured from the animation's point of view. */
 let open: { from: string; to: string; longestGap: number; baseline: number; done: MoveEvent | null } | null = null;
 
 function onReply(now: number): void {
-  const gap = now - lastReply;
+  const gap = lastReply === null ? 0 : now - lastReply;
+  const first = lastReply === null;
   lastReply = now;
   if (open) {
     open.longestGap = Math.max(open.longestGap, gap);
@@ -166,7 +168,7 @@ function onReply(now: number): void {
       addMove(open.done, Math.max(0, open.longestGap - open.baseline));
       open = null;
     }
-  } else {
+  } else if (!first) {
     gaps.push(gap);
     if (gaps.length > 30) gaps.shift();
   }
