@@ -1,8 +1,10 @@
 //! `cargo xtask`: the project's own commands.
 //!
-//! - `demo`: sets up what is missing and runs the physics worker through capture/restore cycles;
-//! - `test`: sets up what is missing and runs every test (what CI runs);
-//! - `bench core|moves`: a benchmark, written to `bench/results/`;
+//! - `demo`: sets up what is missing, runs the physics worker through capture/restore cycles
+//!   and moves, then serves the browser demo page (`demo browser`: the page alone);
+//! - `test`: sets up what is missing and runs every test (what CI runs; `test browser`: the
+//!   browser tests alone);
+//! - `bench core|moves|browser`: a benchmark, written to `bench/results/`;
 //! - `fuzz [TARGET] [SECONDS]`: runs the cargo-fuzz targets (not part of CI);
 //! - `build-workers`: builds the example workers into `target/workers/`.
 //!
@@ -10,6 +12,7 @@
 //! builds) so that running it never compiles wasmtime a second time: everything heavy runs
 //! through `cargo` in the release profile, which the tests, the demo and the benchmarks share.
 
+mod browser;
 mod nodes;
 mod setup;
 mod workers;
@@ -24,12 +27,14 @@ fn main() -> Result<()> {
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     match args.first().map(String::as_str) {
         Some("build-workers") => workers::build().map(|_| ()),
-        Some("demo") => demo(),
+        Some("demo") if rest == ["browser"] => workers::build().and_then(|_| browser::demo()),
+        Some("demo") => demo().and_then(|()| browser::demo()),
+        Some("test") if rest == ["browser"] => workers::build().and_then(|_| browser::test()),
         Some("test") => test(),
         Some("bench") => bench(&rest),
         Some("fuzz") => fuzz(&rest),
         _ => bail!(
-            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
+            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  bench browser   frame rate local (CPU slowed 4x) vs offloaded, capture/restore in chromium (bench/results/browser.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
         ),
     }
 }
@@ -110,6 +115,8 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+
+    browser::test()?;
     eprintln!("\nall tests passed");
     Ok(())
 }
@@ -148,10 +155,13 @@ fn demo() -> Result<()> {
 
 fn bench(args: &[&str]) -> Result<()> {
     let which = args.first().copied().unwrap_or("core");
-    if !["core", "moves"].contains(&which) {
-        bail!("unknown benchmark `{which}` (known: core, moves)");
+    if !["core", "moves", "browser"].contains(&which) {
+        bail!("unknown benchmark `{which}` (known: core, moves, browser)");
     }
     workers::build()?;
+    if which == "browser" {
+        return browser::bench();
+    }
     let roam = roam_binary()?;
     let results = root().join("bench/results");
     std::fs::create_dir_all(&results)?;
