@@ -16,7 +16,7 @@
 //! only on its messages, the application cannot tell. `docs/protocol.md` states the
 //! guarantee.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -174,8 +174,34 @@ pub struct WorkerHandle {
     recovery: Option<Recovery>,
     /// A handoff under way: the worker still runs at the source and takes messages.
     handoff: Option<PendingHandoff>,
+    /// A return under way: the state comes home on a connection of its own while the
+    /// worker keeps handling messages on the node.
+    returning: Option<PendingReturn>,
     /// The outcome of the last move that ran in the background, until taken.
     finished: Option<Result<MoveReport, ClientError>>,
+}
+
+/// A return: a task attaches on a second connection, asks for the worker and receives its
+/// state (pre-copy rounds, then StateEnd) while the main connection carries messages.
+struct PendingReturn {
+    from: String,
+    started: Instant,
+    task: tokio::task::JoinHandle<Result<Returned, ClientError>>,
+}
+
+/// The state a return brought home, not yet restored.
+struct Returned {
+    conn: Connection,
+    manifest: Manifest,
+    bodies: Vec<ChunkBody>,
+}
+
+/// What one turn of [`WorkerHandle::pump_raw`] brought.
+enum Pumped {
+    /// A frame from the node (or nothing, locally).
+    Frame(Option<Frame>),
+    /// The state of a return under way arrived (or failed to).
+    Returned(Result<Returned, ClientError>),
 }
 
 /// A handoff the source node runs (in pre-copy rounds) while the worker keeps handling
@@ -229,6 +255,7 @@ impl WorkerHandle {
             replies: VecDeque::new(),
             recovery: None,
             handoff: None,
+            returning: None,
             finished: None,
         })
     }
@@ -367,9 +394,12 @@ impl WorkerHandle {
     /// The node holding the worker is gone: restore the recovery point locally and handle
     /// every message since, delivering only replies the application has not had.
     fn recover(&mut self, cause: ClientError) -> Result<(), ClientError> {
-        // A handoff under way ends with its source.
+        // A move under way ends with its source.
         if let Some(pending) = self.handoff.take() {
             pending.next.abort();
+        }
+        if let Some(pending) = self.returning.take() {
+            pending.task.abort();
         }
         let Some(recovery) = self.recovery.take() else {
             return Err(ClientError::Unrecoverable {
@@ -417,13 +447,20 @@ impl WorkerHandle {
     async fn pump(&mut self) -> Result<Option<Frame>, ClientError> {
         match self.pump_raw().await {
             Err(e) if is_lost(&e) => {
-                if let Some(pending) = self.handoff.take() {
-                    pending.next.abort();
+                let source = self
+                    .handoff
+                    .as_ref()
+                    .map(|p| (p.from.clone(), format!("the handoff to {}", p.to)))
+                    .or_else(|| {
+                        self.returning
+                            .as_ref()
+                            .map(|p| (p.from.clone(), "the return".to_string()))
+                    });
+                if let Some((url, what)) = source {
                     self.finished = Some(Err(ClientError::Lost {
-                        url: pending.from.clone(),
+                        url,
                         reason: format!(
-                            "the source died during the handoff to {}; the worker was recovered here",
-                            pending.to
+                            "the node died during {what}; the worker was recovered here"
                         ),
                     }));
                 }
@@ -438,7 +475,8 @@ impl WorkerHandle {
                 self.finished = Some(Err(e));
                 Ok(None)
             }
-            Ok(Some(frame)) if self.handoff.is_some() => {
+            Err(e) => Err(e),
+            Ok(Pumped::Frame(Some(frame))) if self.handoff.is_some() => {
                 // Boxed: ending a handoff replays messages, which may pump again.
                 match Box::pin(self.on_handoff_frame(frame)).await {
                     Ok(Some(report)) => self.finished = Some(Ok(report)),
@@ -447,17 +485,37 @@ impl WorkerHandle {
                 }
                 Ok(None)
             }
-            other => other,
+            Ok(Pumped::Frame(frame)) => Ok(frame),
+            Ok(Pumped::Returned(returned)) => {
+                let pending = self.returning.take().expect("a return is under way");
+                let outcome = match returned {
+                    Ok(returned) => Box::pin(self.end_return(pending, returned)).await,
+                    Err(e) => Err(e),
+                };
+                // A failed return leaves the worker on the node, still in use.
+                self.finished = Some(outcome);
+                Ok(None)
+            }
         }
     }
 
     /// [`pump`](Self::pump) without recovery, for moves: their caller recovers.
-    async fn pump_raw(&mut self) -> Result<Option<Frame>, ClientError> {
+    async fn pump_raw(&mut self) -> Result<Pumped, ClientError> {
         let Placement::Remote(conn) = &mut self.placement else {
-            return Ok(None);
+            return Ok(Pumped::Frame(None));
         };
-        let frame = conn.recv().await?;
-        self.on_message_frame(frame)
+        let frame = match &mut self.returning {
+            Some(pending) => tokio::select! {
+                frame = conn.recv() => frame?,
+                returned = &mut pending.task => {
+                    return Ok(Pumped::Returned(returned.unwrap_or_else(|e| {
+                        Err(ClientError::State(format!("the return stopped: {e}")))
+                    })));
+                }
+            },
+            None => conn.recv().await?,
+        };
+        self.on_message_frame(frame).map(Pumped::Frame)
     }
 
     /// Handles Reply, Handled and WorkerFailed; returns any other frame to the caller.
@@ -487,14 +545,14 @@ impl WorkerHandle {
     }
 
     /// Starts moving the worker and returns as soon as the move runs on its own. A
-    /// handoff (node to node) runs in the background: the worker keeps handling the
-    /// messages the application goes on posting at the source while its state travels in
-    /// pre-copy rounds, and the handle switches to the destination when the source
-    /// reports the move done; its outcome is then in
+    /// handoff (node to node) and a return (node to here) run in the background: the
+    /// worker keeps handling the messages the application goes on posting at the node
+    /// while its state travels in pre-copy rounds, and the handle switches over when the
+    /// state has arrived; the outcome is then in
     /// [`take_move_result`](Self::take_move_result). Every other move completes before
     /// this returns, and its outcome waits there too.
     pub async fn begin_move(&mut self, to: Place) -> Result<(), ClientError> {
-        if self.handoff.is_some() {
+        if self.moving() {
             return Err(ClientError::Usage(
                 "a move is under way: finish it before starting another".into(),
             ));
@@ -503,6 +561,7 @@ impl WorkerHandle {
             (Placement::Remote(conn), Place::Node(url)) if conn.url() != url => {
                 self.begin_handoff(url).await
             }
+            (Placement::Remote(_), Place::Local) => self.begin_return().await,
             _ => {
                 let result = self.move_to(to).await;
                 self.finished = match result {
@@ -517,7 +576,7 @@ impl WorkerHandle {
 
     /// Whether a move started by [`begin_move`](Self::begin_move) is still under way.
     pub fn moving(&self) -> bool {
-        self.handoff.is_some()
+        self.handoff.is_some() || self.returning.is_some()
     }
 
     /// The outcome of the last move started by [`begin_move`](Self::begin_move), once it
@@ -529,7 +588,7 @@ impl WorkerHandle {
     /// Waits for the move under way to end and returns its outcome (`None` when no move
     /// was started).
     pub async fn finish_move(&mut self) -> Result<Option<MoveReport>, ClientError> {
-        while self.handoff.is_some() {
+        while self.moving() {
             self.pump().await?;
         }
         self.finished.take().transpose()
@@ -647,7 +706,7 @@ impl WorkerHandle {
     async fn handoff(&mut self, url: &str) -> Result<(u64, u64), ClientError> {
         self.begin_handoff(url).await?;
         loop {
-            if let Some(frame) = self.pump_raw().await? {
+            if let Pumped::Frame(Some(frame)) = self.pump_raw().await? {
                 if let Some(report) = self.on_handoff_frame(frame).await? {
                     return Ok((report.client_bytes, report.replayed));
                 }
@@ -762,61 +821,135 @@ impl WorkerHandle {
 
     /// Node → local: the node sends the state back; the worker resumes here.
     async fn return_home(&mut self) -> Result<(u64, u64), ClientError> {
-        let Placement::Remote(conn) = &mut self.placement else {
+        self.begin_return().await?;
+        while self.returning.is_some() {
+            match self.pump_raw().await? {
+                Pumped::Returned(returned) => {
+                    let pending = self.returning.take().expect("a return is under way");
+                    let report = self.end_return(pending, returned?).await?;
+                    return Ok((report.client_bytes, report.replayed));
+                }
+                Pumped::Frame(Some(other)) => {
+                    tracing::debug!("ignoring {} during a return", other.name());
+                }
+                Pumped::Frame(None) => {}
+            }
+        }
+        unreachable!("a return ends with its state")
+    }
+
+    /// Asks the node for the worker back on a connection of its own, so the main one goes
+    /// on carrying messages while the state travels (in pre-copy rounds).
+    async fn begin_return(&mut self) -> Result<(), ClientError> {
+        let Placement::Remote(conn) = &self.placement else {
             unreachable!("return starts remote");
         };
-        let before = conn.bytes_in + conn.bytes_out;
-        conn.send(&Frame::Return { worker: self.id }).await?;
-        // Replies to messages in flight come first, then the state.
-        let (manifest_bytes, module_hash) = loop {
-            match self.pump_raw().await? {
-                Some(Frame::StateBegin {
-                    manifest,
-                    module_hash,
-                    ..
-                }) => break (manifest, module_hash),
-                Some(other) => return Err(self.unexpected_here(&other, "StateBegin")),
-                None => {}
-            }
-        };
-        if &module_hash != self.module.hash() {
-            return Err(ClientError::State(
-                "the node returned the state of another module".into(),
-            ));
-        }
-        let Placement::Remote(conn) = &mut self.placement else {
-            unreachable!()
-        };
-        let manifest = Manifest::decode(&manifest_bytes, &DecodeLimits::default())
-            .map_err(|e| ClientError::State(e.to_string()))?;
+        let url = conn.url().to_string();
+        let (worker, secret) = (self.id, self.secret);
+        let name = self.options.client_name.clone();
+        let module_hash = *self.module.hash();
         // The chunks of the snapshot this client offloaded that did not change need not
         // travel back.
-        let held = self.recovery.as_ref().map(|r| &r.snapshot);
-        let bodies = receive_state(conn, self.id, &manifest, held).await?;
+        let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
+        let task = tokio::spawn(async move {
+            let mut conn = Connection::open(&url, &name).await?;
+            conn.send(&Frame::Attach { worker, secret }).await?;
+            match conn.recv().await? {
+                Frame::Attached { .. } => {}
+                other => return Err(conn.unexpected(&other, "Attached")),
+            }
+            conn.send(&Frame::Return { worker }).await?;
+            let manifest = loop {
+                match conn.recv().await? {
+                    Frame::StateBegin {
+                        manifest,
+                        module_hash: found,
+                        ..
+                    } => {
+                        if found != module_hash {
+                            return Err(ClientError::State(
+                                "the node returned the state of another module".into(),
+                            ));
+                        }
+                        break manifest;
+                    }
+                    Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
+                    other => return Err(conn.unexpected(&other, "StateBegin")),
+                }
+            };
+            let manifest = Manifest::decode(&manifest, &DecodeLimits::default())
+                .map_err(|e| ClientError::State(e.to_string()))?;
+            let (manifest, bodies) =
+                receive_state(&mut conn, worker, manifest, held.as_ref()).await?;
+            Ok(Returned {
+                conn,
+                manifest,
+                bodies,
+            })
+        });
+        self.returning = Some(PendingReturn {
+            from: self.place().to_string(),
+            started: Instant::now(),
+            task,
+        });
+        Ok(())
+    }
+
+    /// The state came home: take in the replies of every message it handled, restore it,
+    /// tell the node, and handle here what it had not.
+    async fn end_return(
+        &mut self,
+        pending: PendingReturn,
+        returned: Returned,
+    ) -> Result<MoveReport, ClientError> {
+        let Returned {
+            mut conn,
+            manifest,
+            bodies,
+        } = returned;
+        let last_seq = manifest.last_seq;
+        // The node sent the replies of every message up to last_seq on the main connection
+        // before it captured the state; messages after it wait there and are dropped.
+        while self.delivered < last_seq {
+            let Placement::Remote(main) = &mut self.placement else {
+                unreachable!("return starts remote")
+            };
+            let frame = main.recv().await?;
+            if let Some(other) = self.on_message_frame(frame)? {
+                tracing::debug!("ignoring {} during a return", other.name());
+            }
+        }
         let snapshot = Snapshot::from_parts(manifest, bodies)
             .map_err(|e| ClientError::State(e.to_string()))?;
         let worker = self
             .runtime
             .restore(&self.module, &snapshot)
             .map_err(|e| ClientError::State(e.to_string()))?;
-        let last_seq = worker.last_seq();
         conn.send(&Frame::StateAdopted {
             worker: self.id,
             last_seq,
         })
         .await?;
-        let Placement::Remote(old) =
+        let Placement::Remote(main) =
             std::mem::replace(&mut self.placement, Placement::Local(Box::new(worker)))
         else {
             unreachable!()
         };
-        let spent = old.bytes_in + old.bytes_out - before;
-        old.close().await;
+        let bytes = conn.bytes_in + conn.bytes_out;
+        conn.close().await;
+        main.close().await;
         self.in_flight = 0;
         self.sent_through = self.delivered;
         self.recovery = None;
         let replayed = self.replay_after(last_seq).await?;
-        Ok((spent, replayed))
+        Ok(MoveReport {
+            kind: MoveKind::Return,
+            from: pending.from,
+            to: Place::Local.to_string(),
+            duration: pending.started.elapsed(),
+            client_bytes: bytes,
+            replayed,
+        })
     }
 
     /// Attaches at the node that now holds the worker and replays what it has not handled.
@@ -861,13 +994,6 @@ impl WorkerHandle {
             self.send_logged(seq).await?;
         }
         Ok(seqs.len() as u64)
-    }
-
-    fn unexpected_here(&self, frame: &Frame, wanted: &str) -> ClientError {
-        ClientError::Protocol {
-            url: self.place().to_string(),
-            reason: format!("expected {wanted}, got {}", frame.name()),
-        }
     }
 }
 
@@ -955,23 +1081,24 @@ async fn send_state(
     }
 }
 
-/// Receives a worker's state as the receiver of a transfer (after StateBegin): asks for
-/// every chunk body `held` does not have, collects them until StateEnd, and returns the
-/// bodies the manifest uses.
+/// Receives a worker's state as the receiver of a transfer (after StateBegin with
+/// `manifest`): asks for every chunk body `held` does not have, takes pre-copy rounds
+/// (each a newer manifest and the bodies of its new chunks) until StateEnd, and returns the
+/// last manifest with the bodies it uses.
 async fn receive_state(
     conn: &mut Connection,
     worker: WorkerId,
-    manifest: &Manifest,
+    mut manifest: Manifest,
     held: Option<&Snapshot>,
-) -> Result<Vec<ChunkBody>, ClientError> {
-    let mut wanted: Vec<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+) -> Result<(Manifest, Vec<ChunkBody>), ClientError> {
+    let mut bodies: HashMap<ChunkHash, ChunkBody> = HashMap::new();
+    let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+    let mut wanted: Vec<ChunkHash> = known.iter().copied().collect();
     wanted.sort_unstable();
-    wanted.dedup();
-    let mut bodies = Vec::new();
     if let Some(held) = held {
         wanted.retain(|&hash| match held.body(hash) {
             Some(body) => {
-                bodies.push(body.clone());
+                bodies.insert(hash, body.clone());
                 false
             }
             None => true,
@@ -989,14 +1116,47 @@ async fn receive_state(
                 bodies: encoded, ..
             } => {
                 for b in encoded {
-                    bodies.push(
-                        ChunkBody::decode(&b).map_err(|e| ClientError::State(e.to_string()))?,
-                    );
+                    let body =
+                        ChunkBody::decode(&b).map_err(|e| ClientError::State(e.to_string()))?;
+                    bodies.insert(body.hash(), body);
                 }
             }
-            Frame::StateEnd { .. } => return Ok(bodies),
+            Frame::StateRound {
+                bodies: announced,
+                manifest: bytes,
+                ..
+            } => {
+                let next = Manifest::decode(&bytes, &DecodeLimits::default())
+                    .map_err(|e| ClientError::State(e.to_string()))?;
+                let fresh: HashSet<ChunkHash> = next
+                    .chunks
+                    .iter()
+                    .map(|c| c.hash)
+                    .filter(|h| !known.contains(h))
+                    .collect();
+                if fresh.len() != announced as usize || next.module_hash != manifest.module_hash {
+                    return Err(conn.unexpected(
+                        &Frame::StateRound {
+                            worker,
+                            bodies: announced,
+                            manifest: Vec::new(),
+                        },
+                        "a StateRound announcing its new chunks",
+                    ));
+                }
+                known.extend(fresh);
+                manifest = next;
+            }
+            Frame::StateEnd { .. } => {
+                let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+                let bodies = bodies
+                    .into_values()
+                    .filter(|b| used.contains(&b.hash()))
+                    .collect();
+                return Ok((manifest, bodies));
+            }
             Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
-            other => return Err(conn.unexpected(&other, "ChunkData or StateEnd")),
+            other => return Err(conn.unexpected(&other, "ChunkData, StateRound or StateEnd")),
         }
     }
 }

@@ -247,7 +247,10 @@ impl Hosting {
     }
 
     /// Checks the secret against the worker's owner; on success the worker's replies go to
-    /// `sink` from now on. Returns the last message the worker took.
+    /// `sink` from now on, unless another connection that is still open takes them (a
+    /// client's second connection, for a return, must not steal the replies of the
+    /// messages its first one posted: each Post points the replies at its own
+    /// connection). Returns the last message the worker took.
     pub(crate) fn attach(
         &self,
         worker: WorkerId,
@@ -258,9 +261,25 @@ impl Hosting {
         if owner_of(secret) != hosted.owner {
             return Err(AttachError::WrongSecret(worker));
         }
-        *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
+        let mut current = hosted.sink.lock().expect("worker sink");
+        if current.as_ref().is_none_or(|s| s.is_closed()) {
+            *current = Some(sink.clone());
+        }
+        drop(current);
         let accepted = hosted.flow.lock().expect("worker flow").accepted;
         Ok(accepted)
+    }
+
+    /// Whether `worker`'s replies go to `sink`.
+    pub(crate) fn replies_to(&self, worker: WorkerId, sink: &Sink) -> bool {
+        self.get(worker).is_some_and(|hosted| {
+            hosted
+                .sink
+                .lock()
+                .expect("worker sink")
+                .as_ref()
+                .is_some_and(|s| s.same_channel(sink))
+        })
     }
 
     /// Hands message `seq` to the worker if it is the next one. A message already taken

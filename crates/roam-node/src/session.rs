@@ -175,7 +175,7 @@ async fn handle(
             let task = handoff(node.clone(), worker, destination.to_owned(), sink.clone());
             tokio::spawn(task.in_current_span());
         }
-        Event::Return { worker } => return_worker(node, link, outgoing, worker).await?,
+        Event::Return { worker } => return_worker(node, link, sink, outgoing, worker).await?,
         Event::Release { worker, .. } => {
             if link.machine.is_attached(worker) {
                 node.hosting.release(worker);
@@ -323,15 +323,64 @@ fn begin_move_code(e: &BeginMoveError) -> ErrorCode {
     }
 }
 
-/// Return: the worker finishes what it took, is captured, and its state goes back to the
-/// client on this connection; it is dropped here once the client adopted it.
+/// Return: the worker's state goes back to the client on this connection; it is dropped
+/// here once the client adopted it.
+///
+/// When the worker's replies go to another connection of the client (version 2: the
+/// client asked for the worker back on a connection of its own), the worker keeps
+/// handling the messages that connection brings while its state travels in pre-copy
+/// rounds. Otherwise it finishes what it took, its replies go out, and then its state.
 async fn return_worker(
     node: &Arc<Node>,
     link: &mut NodeLink,
+    sink: &Sink,
     outgoing: &mut mpsc::UnboundedReceiver<Frame>,
     worker: WorkerId,
 ) -> Result<(), LinkError> {
     tracing::Span::current().record("worker", format!("{worker:032x}"));
+    let live =
+        link.machine.version().is_some_and(|v| v >= 2) && !node.hosting.replies_to(worker, sink);
+    if live {
+        let live = Live {
+            hosting: &node.hosting,
+            worker,
+            chunks: &node.chunks,
+        };
+        let result = send_live(link, &live, None, &node.config.precopy).await;
+        let started = !matches!(
+            result,
+            Err(PrecopyError::Capture(
+                BeginMoveError::UnknownWorker(_) | BeginMoveError::AlreadyMoving(_)
+            ))
+        );
+        if started {
+            node.hosting.end_move(worker, result.is_ok());
+        }
+        node.metrics.record_move(MoveKind::Return, result.is_ok());
+        return match result {
+            Ok((last_seq, report)) => {
+                tracing::info!(
+                    last_seq,
+                    rounds = report.rounds,
+                    paused_ms = report.paused.as_secs_f64() * 1e3,
+                    "worker returned to its client"
+                );
+                node.metrics.observe_precopy(
+                    report.rounds,
+                    report.live_bytes,
+                    report.paused_bytes,
+                    report.paused,
+                );
+                Ok(())
+            }
+            Err(PrecopyError::Send(SendStateError::Link(e))) => Err(e),
+            Err(e) if !started => link.send(worker_error(e.code(), worker, e)).await,
+            Err(e) => {
+                tracing::info!("return failed, the worker stays: {e}");
+                Ok(())
+            }
+        };
+    }
     let captured = match node.hosting.begin_move(worker).await {
         Ok(captured) => captured,
         Err(e) => {
