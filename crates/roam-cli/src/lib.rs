@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod bench_alloc;
 pub mod bench_moves;
 pub mod commands;
 pub mod demo;

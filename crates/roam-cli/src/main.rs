@@ -92,11 +92,14 @@ enum Command {
     /// Run a benchmark and write its results.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["core", "moves"])]
+        #[arg(value_parser = ["core", "moves", "alloc"])]
         which: String,
         /// Where the example workers are.
         #[arg(long, default_value = "target/workers")]
         workers: PathBuf,
+        /// For `alloc`: the same workers built without the SDK's `zero-freed` feature.
+        #[arg(long, value_name = "DIR", required_if_eq("which", "alloc"))]
+        without_zeroing: Option<PathBuf>,
         /// Where to write the results (JSON and markdown).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
@@ -247,9 +250,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             which,
             workers,
+            without_zeroing,
             out,
         } => {
-            if which == "moves" {
+            if let Some(without) = without_zeroing.filter(|_| which == "alloc") {
+                let results = roam_cli::bench_alloc::alloc(&workers, &without, &out)?;
+                print!("{}", roam_cli::bench_alloc::markdown(&results));
+            } else if which == "moves" {
                 let roam = std::env::current_exe()?;
                 let results = roam_cli::bench_moves::moves(&roam, &workers, &out)?;
                 print!("{}", roam_cli::bench_moves::markdown(&results));

@@ -106,14 +106,50 @@
 //! namespace with the loopback MTU set to 1500, shape `lo` with `tbf` and compare a bulk
 //! transfer through it with one through a [`Link`] of the same rate. That check is not
 //! part of this crate.
+//!
+//! # Slow devices
+//!
+//! A phone is slower than the machine the tests run on. [`CpuQuota`] emulates one by
+//! letting a thread, or a whole process, run for only a share of one CPU's time: a cgroup
+//! with the cpu controller's bandwidth limit (`cpu.max` on cgroup v2, `cpu.cfs_quota_us`
+//! over `cpu.cfs_period_us` on v1). It needs root. Dropping the quota moves everything
+//! back to the group it came from and removes the group.
+//!
+//! ```no_run
+//! use roam_link::CpuQuota;
+//!
+//! // The client's thread gets a quarter of one CPU: a device four times slower.
+//! let mut quota = CpuQuota::new(0.25)?;
+//! quota.add_current_thread()?;
+//! println!("{} at {}", quota.path().display(), quota.version());
+//! // ... run the client ...
+//! drop(quota);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Measured with `cargo test -p roam-link --test cpu -- --nocapture` on this machine
+//! (cgroup v1, the default 10 ms period): a busy loop worth 496 ms of CPU time took
+//! 1,980 ms of wall-clock time under `CpuQuota::new(0.25)`, 3.99 times longer. The test
+//! checks 3.5 to 4.6 times on every run. It compares with the loop's CPU time, not with an
+//! unthrottled run's wall-clock time: on a busy machine the unthrottled run waits for a
+//! core too, while the quota's quarter is still met.
+//!
+//! The period is short by default so that a handler of a few milliseconds is slowed
+//! evenly; with the kernel's usual 100 ms it would run at full speed for 25 ms and then
+//! wait 75 ms. [`CpuQuota::with_period`] sets another.
 
 #![deny(missing_docs)]
 
 mod conn;
+mod cpu;
 mod delay_line;
 mod link;
 pub mod measure;
 mod spec;
 
+pub use cpu::{
+    AddToCpuQuotaError, CgroupVersion, CpuQuota, CreateCpuQuotaError, RemoveCpuQuotaError,
+    TaskKind, DEFAULT_CPU_PERIOD,
+};
 pub use link::{Link, LinkStats, SetSpecError, StartLinkError};
 pub use spec::{Direction, InvalidSpecError, LinkSpec};

@@ -54,10 +54,28 @@
 //! `panic = "abort"`), so the host reports the failure instead of the worker running on
 //! with half-updated state.
 
+//!
+//! # Freed memory
+//!
+//! With the `zero-freed` feature, on by default, wasm32 builds use [`ZeroFreed`] as their
+//! global allocator: the standard allocator, except that blocks of at least
+//! [`ZERO_FREED_MIN_SIZE`] bytes are zeroed as they are freed, so the memory a worker let
+//! go of becomes zero chunks that a move does not carry. A worker that wants its own
+//! global allocator turns the feature off (`default-features = false`); it can still wrap
+//! its allocator in [`ZeroFreed`]. Native builds always keep the platform's allocator.
+
 #![deny(missing_docs)]
+
+mod alloc;
+
+pub use alloc::{ZeroFreed, ZERO_FREED_MIN_SIZE};
 
 #[cfg(not(target_arch = "wasm32"))]
 use std::cell::RefCell;
+
+#[cfg(all(target_arch = "wasm32", feature = "zero-freed"))]
+#[global_allocator]
+static ALLOCATOR: ZeroFreed = ZeroFreed::new(std::alloc::System);
 
 /// A worker: state built once, then one call per message from the application.
 ///
