@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use roam_proto::{ChunkHash, Frame, WorkerId};
-use roam_runtime::{Runtime, RuntimeConfig, Worker, WorkerModule};
+use roam_runtime::{Delta, Runtime, RuntimeConfig, Worker, WorkerModule};
 use roam_snapshot::{ChunkBody, DecodeLimits, Manifest, Snapshot};
 use sha2::{Digest, Sha256};
 
@@ -123,6 +123,12 @@ pub struct WorkerOptions {
     /// the recovery point is given up (with a warning) until the worker's state next
     /// passes through the client.
     pub recovery_bytes: usize,
+    /// An offload's pre-copy stops when the chunks changed since the last round would
+    /// cross the link within this time at the bandwidth measured. Default 20 ms.
+    pub downtime_target: Duration,
+    /// Most pre-copy rounds of an offload after the first; 0 sends the state once with
+    /// the worker paused. Default 8.
+    pub precopy_rounds: u32,
 }
 
 impl Default for WorkerOptions {
@@ -132,6 +138,8 @@ impl Default for WorkerOptions {
             client_name: "roam-client".into(),
             runtime: RuntimeConfig::default(),
             recovery_bytes: 256 << 20,
+            downtime_target: Duration::from_millis(20),
+            precopy_rounds: 8,
         }
     }
 }
@@ -177,6 +185,9 @@ pub struct WorkerHandle {
     /// A return under way: the state comes home on a connection of its own while the
     /// worker keeps handling messages on the node.
     returning: Option<PendingReturn>,
+    /// An offload under way: the worker keeps running here while its state goes out in
+    /// pre-copy rounds.
+    offloading: Option<PendingOffload>,
     /// The outcome of the last move that ran in the background, until taken.
     finished: Option<Result<MoveReport, ClientError>>,
 }
@@ -187,6 +198,47 @@ struct PendingReturn {
     from: String,
     started: Instant,
     task: tokio::task::JoinHandle<Result<Returned, ClientError>>,
+}
+
+/// An offload in pre-copy rounds. A task owns the connection and sends each round it is
+/// given; the handle captures the next round, between two of the application's messages,
+/// whenever the task reports the last one delivered.
+struct PendingOffload {
+    to: String,
+    started: Instant,
+    /// Rounds for the task to send.
+    rounds: tokio::sync::mpsc::UnboundedSender<OffloadRound>,
+    /// The bandwidth the task measured for each round delivered, bytes per second.
+    delivered: tokio::sync::mpsc::UnboundedReceiver<f64>,
+    task: tokio::task::JoinHandle<Result<Offloaded, ClientError>>,
+    /// Every chunk of every manifest sent: the node holds them all.
+    known: HashSet<ChunkHash>,
+    /// Chunk-body bytes of the last round sent.
+    previous: u64,
+    /// Rounds sent, the first included.
+    sent: u32,
+    /// A round is on its way and not yet delivered.
+    awaiting: bool,
+    /// The last round is out: the worker takes no message until the node adopts it.
+    paused: bool,
+    /// The last manifest sent.
+    manifest: Option<Manifest>,
+}
+
+/// A round of an offload: a newer manifest and the bodies of its new chunks; the last one
+/// ends the transfer.
+struct OffloadRound {
+    manifest: Manifest,
+    bodies: Vec<ChunkBody>,
+    last: bool,
+}
+
+/// An offload's transfer, done: the connection, the message the node's state had
+/// handled, every body sent, and the bytes.
+struct Offloaded {
+    conn: Connection,
+    last_seq: u64,
+    bodies: Vec<ChunkBody>,
 }
 
 /// The state a return brought home, not yet restored.
@@ -201,7 +253,7 @@ enum Pumped {
     /// A frame from the node (or nothing, locally).
     Frame(Option<Frame>),
     /// The state of a return under way arrived (or failed to).
-    Returned(Result<Returned, ClientError>),
+    Returned(Result<Box<Returned>, ClientError>),
 }
 
 /// A handoff the source node runs (in pre-copy rounds) while the worker keeps handling
@@ -256,6 +308,7 @@ impl WorkerHandle {
             recovery: None,
             handoff: None,
             returning: None,
+            offloading: None,
             finished: None,
         })
     }
@@ -296,6 +349,9 @@ impl WorkerHandle {
         }
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
+        if self.offloading.is_some() {
+            self.drive_offload()?;
+        }
         Ok(seq)
     }
 
@@ -311,6 +367,11 @@ impl WorkerHandle {
         let Some((_, payload)) = self.log.iter().find(|(s, _)| *s == seq) else {
             return Ok(());
         };
+        if self.offloading.as_ref().is_some_and(|o| o.paused) {
+            // The last round is out: the message waits in the log and goes to the node
+            // once it adopts the worker (or runs here if it does not).
+            return Ok(());
+        }
         match &mut self.placement {
             Placement::Local(worker) => {
                 let replies: Vec<Vec<u8>> = worker
@@ -445,6 +506,10 @@ impl WorkerHandle {
     /// Reads one frame from the node and takes in what it says about messages; if the node
     /// is gone, recovers the worker locally.
     async fn pump(&mut self) -> Result<Option<Frame>, ClientError> {
+        if self.offloading.is_some() {
+            Box::pin(self.pump_offload()).await?;
+            return Ok(None);
+        }
         match self.pump_raw().await {
             Err(e) if is_lost(&e) => {
                 let source = self
@@ -489,7 +554,7 @@ impl WorkerHandle {
             Ok(Pumped::Returned(returned)) => {
                 let pending = self.returning.take().expect("a return is under way");
                 let outcome = match returned {
-                    Ok(returned) => Box::pin(self.end_return(pending, returned)).await,
+                    Ok(returned) => Box::pin(self.end_return(pending, *returned)).await,
                     Err(e) => Err(e),
                 };
                 // A failed return leaves the worker on the node, still in use.
@@ -508,9 +573,10 @@ impl WorkerHandle {
             Some(pending) => tokio::select! {
                 frame = conn.recv() => frame?,
                 returned = &mut pending.task => {
-                    return Ok(Pumped::Returned(returned.unwrap_or_else(|e| {
+                    let returned = returned.unwrap_or_else(|e| {
                         Err(ClientError::State(format!("the return stopped: {e}")))
-                    })));
+                    });
+                    return Ok(Pumped::Returned(returned.map(Box::new)));
                 }
             },
             None => conn.recv().await?,
@@ -562,6 +628,7 @@ impl WorkerHandle {
                 self.begin_handoff(url).await
             }
             (Placement::Remote(_), Place::Local) => self.begin_return().await,
+            (Placement::Local(_), Place::Node(url)) => self.begin_offload(url),
             _ => {
                 let result = self.move_to(to).await;
                 self.finished = match result {
@@ -576,7 +643,7 @@ impl WorkerHandle {
 
     /// Whether a move started by [`begin_move`](Self::begin_move) is still under way.
     pub fn moving(&self) -> bool {
-        self.handoff.is_some() || self.returning.is_some()
+        self.handoff.is_some() || self.returning.is_some() || self.offloading.is_some()
     }
 
     /// The outcome of the last move started by [`begin_move`](Self::begin_move), once it
@@ -644,8 +711,8 @@ impl WorkerHandle {
             (Place::Local, Place::Local) => return Ok(None),
             (Place::Node(a), Place::Node(b)) if a == b => return Ok(None),
             (Place::Local, Place::Node(url)) => {
-                let bytes = self.offload(url).await?;
-                (MoveKind::Offload, bytes, 0)
+                let (bytes, replayed) = self.offload(url).await?;
+                (MoveKind::Offload, bytes, replayed)
             }
             (Place::Node(_), Place::Node(url)) => {
                 let (bytes, replayed) = self.handoff(url).await?;
@@ -674,32 +741,203 @@ impl WorkerHandle {
         Ok(Some(moved))
     }
 
-    /// Local → node: capture here, send module (only if the node lacks it) and state.
-    async fn offload(&mut self, url: &str) -> Result<u64, ClientError> {
+    /// Local → node: the state goes out in pre-copy rounds (module only if the node lacks
+    /// it); returns the bytes through the client and the messages replayed at the node.
+    async fn offload(&mut self, url: &str) -> Result<(u64, u64), ClientError> {
+        self.begin_offload(url)?;
+        while self.offloading.is_some() {
+            self.pump().await?;
+        }
+        let report = self
+            .finished
+            .take()
+            .expect("an offload reports its outcome")?;
+        Ok((report.client_bytes, report.replayed))
+    }
+
+    /// Captures the whole worker (round 0) and starts the task that sends it to `url`;
+    /// the worker goes on handling messages here.
+    fn begin_offload(&mut self, url: &str) -> Result<(), ClientError> {
         let Placement::Local(worker) = &mut self.placement else {
             unreachable!("offload starts local");
         };
-        let snapshot = worker
-            .capture()
+        let first = worker
+            .capture_delta(&|_| false)
             .map_err(|e| ClientError::Local(e.to_string()))?;
-        let mut conn = Connection::open(url, &self.options.client_name).await?;
-        let last_seq = send_state(&mut conn, self.id, &self.owner, &self.module, &snapshot).await?;
-        self.recovery = Some(Recovery {
-            snapshot,
-            messages: VecDeque::new(),
-            bytes: 0,
+        let (rounds, rounds_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (delivered_tx, delivered) = tokio::sync::mpsc::unbounded_channel();
+        let last = self.options.precopy_rounds == 0;
+        let previous = first.bodies.iter().map(|b| b.encoded_len() as u64).sum();
+        let manifest = first.manifest.clone();
+        let task = tokio::spawn(send_rounds(
+            url.to_string(),
+            self.options.client_name.clone(),
+            self.id,
+            self.owner,
+            self.module.clone(),
+            first,
+            last,
+            rounds_rx,
+            delivered_tx,
+        ));
+        self.offloading = Some(PendingOffload {
+            to: url.to_string(),
+            started: Instant::now(),
+            rounds,
+            delivered,
+            task,
+            known: manifest.chunks.iter().map(|c| c.hash).collect(),
+            previous,
+            sent: 1,
+            awaiting: true,
+            paused: last,
+            manifest: Some(manifest),
         });
+        Ok(())
+    }
+
+    /// Between two messages: if the last round has arrived, captures the chunks changed
+    /// since and sends them, as the last round when they would cross within the downtime
+    /// target, when they stop shrinking, or when the rounds run out.
+    fn drive_offload(&mut self) -> Result<(), ClientError> {
+        let Some(offload) = &mut self.offloading else {
+            return Ok(());
+        };
+        let mut bandwidth = None;
+        while let Ok(measured) = offload.delivered.try_recv() {
+            bandwidth = Some(measured);
+        }
+        if let Some(bandwidth) = bandwidth {
+            offload.awaiting = false;
+            if offload.paused {
+                return Ok(());
+            }
+            let Placement::Local(worker) = &mut self.placement else {
+                unreachable!("offload starts local");
+            };
+            let known = &offload.known;
+            let delta = worker
+                .capture_delta(&|hash| known.contains(&hash))
+                .map_err(|e| ClientError::Local(e.to_string()))?;
+            let bytes: u64 = delta.bodies.iter().map(|b| b.encoded_len() as u64).sum();
+            let estimate = Duration::from_secs_f64(bytes as f64 / bandwidth.max(1.0));
+            let last = estimate <= self.options.downtime_target
+                || bytes >= offload.previous - offload.previous / 10
+                || offload.sent > self.options.precopy_rounds;
+            tracing::debug!(
+                round = offload.sent,
+                bytes,
+                ?estimate,
+                last,
+                "offload round"
+            );
+            offload
+                .known
+                .extend(delta.manifest.chunks.iter().map(|c| c.hash));
+            offload.previous = bytes;
+            offload.sent += 1;
+            offload.awaiting = true;
+            offload.paused = last;
+            offload.manifest = Some(delta.manifest.clone());
+            // A closed channel means the task ended; its outcome says why.
+            let _ = offload.rounds.send(OffloadRound {
+                manifest: delta.manifest,
+                bodies: delta.bodies,
+                last,
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the offload's next step: a round delivered (then the next one goes out),
+    /// or, once paused, the node's adoption.
+    async fn pump_offload(&mut self) -> Result<(), ClientError> {
+        let offload = self.offloading.as_mut().expect("an offload is under way");
+        if !offload.paused || offload.awaiting {
+            if let Some(bandwidth) = offload.delivered.recv().await {
+                // Put back for drive_offload, which takes the latest.
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let _ = tx.send(bandwidth);
+                while let Ok(more) = offload.delivered.try_recv() {
+                    let _ = tx.send(more);
+                }
+                offload.delivered = rx;
+                return self.drive_offload();
+            }
+        }
+        // The task is done: adopted, or failed.
+        let offload = self.offloading.take().expect("an offload is under way");
+        let (to, started, manifest) = (
+            offload.to.clone(),
+            offload.started,
+            offload.manifest.clone(),
+        );
+        let result = match offload.task.await {
+            Ok(result) => result,
+            Err(e) => Err(ClientError::State(format!("the offload stopped: {e}"))),
+        };
+        let outcome = match result {
+            Ok(done) => self.end_offload(to, started, manifest, done).await,
+            Err(e) => {
+                // The worker never left: what waited for the node runs here.
+                let delivered = self.delivered;
+                self.replay_after(delivered).await?;
+                Err(e)
+            }
+        };
+        self.finished = Some(outcome);
+        Ok(())
+    }
+
+    /// The node adopted the worker: the state it adopted becomes the recovery point, and
+    /// the messages posted during the last round go to the node.
+    async fn end_offload(
+        &mut self,
+        to: String,
+        started: Instant,
+        manifest: Option<Manifest>,
+        done: Offloaded,
+    ) -> Result<MoveReport, ClientError> {
+        let Offloaded {
+            conn,
+            last_seq,
+            bodies,
+        } = done;
         if last_seq != self.delivered {
             return Err(ClientError::State(format!(
                 "the node adopted the worker at message {last_seq}, the client had {}",
                 self.delivered
             )));
         }
+        let manifest = manifest.expect("an offload sends a manifest");
+        let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+        let mut kept: HashMap<ChunkHash, ChunkBody> = HashMap::new();
+        for body in bodies {
+            if used.contains(&body.hash()) {
+                kept.insert(body.hash(), body);
+            }
+        }
+        let snapshot = Snapshot::from_parts(manifest, kept.into_values().collect())
+            .map_err(|e| ClientError::State(e.to_string()))?;
+        let waiting: VecDeque<(u64, Vec<u8>)> = self.log.iter().cloned().collect();
+        self.recovery = Some(Recovery {
+            snapshot,
+            bytes: waiting.iter().map(|(_, m)| m.len()).sum(),
+            messages: waiting,
+        });
         let bytes = conn.bytes_in + conn.bytes_out;
         self.placement = Placement::Remote(Box::new(conn));
         self.in_flight = 0;
         self.sent_through = self.delivered;
-        Ok(bytes)
+        let replayed = self.replay_after(last_seq).await?;
+        Ok(MoveReport {
+            kind: MoveKind::Offload,
+            from: Place::Local.to_string(),
+            to,
+            duration: started.elapsed(),
+            client_bytes: bytes,
+            replayed,
+        })
     }
 
     /// Node A → node B directly: A sends the state; the client then attaches at B.
@@ -826,7 +1064,7 @@ impl WorkerHandle {
             match self.pump_raw().await? {
                 Pumped::Returned(returned) => {
                     let pending = self.returning.take().expect("a return is under way");
-                    let report = self.end_return(pending, returned?).await?;
+                    let report = self.end_return(pending, *returned?).await?;
                     return Ok((report.client_bytes, report.replayed));
                 }
                 Pumped::Frame(Some(other)) => {
@@ -1016,29 +1254,38 @@ async fn drain_connection(
     Ok(())
 }
 
-/// Sends a worker's state on `conn` as the sender of a transfer; returns the receiver's
-/// `last_seq` once it has adopted the worker.
-async fn send_state(
-    conn: &mut Connection,
+/// An offload's transfer: opens the connection, sends round 0 (StateBegin, then what the
+/// node asks for), and then each round the handle captures, timing the delivery of each
+/// with a Ping; after the last, StateEnd and the node's StateAdopted.
+#[allow(clippy::too_many_arguments)]
+async fn send_rounds(
+    url: String,
+    name: String,
     worker: WorkerId,
-    owner: &[u8; 32],
-    module: &WorkerModule,
-    snapshot: &Snapshot,
-) -> Result<u64, ClientError> {
+    owner: [u8; 32],
+    module: Arc<WorkerModule>,
+    first: Delta,
+    first_is_last: bool,
+    mut rounds: tokio::sync::mpsc::UnboundedReceiver<OffloadRound>,
+    delivered: tokio::sync::mpsc::UnboundedSender<f64>,
+) -> Result<Offloaded, ClientError> {
+    let mut conn = Connection::open(&url, &name).await?;
+    let started = Instant::now();
     let module_bytes = module.bytes();
     conn.send(&Frame::StateBegin {
         worker,
         module_hash: *module.hash(),
         module_len: module_bytes.len() as u32,
-        owner: *owner,
+        owner,
         token: None,
-        manifest: snapshot.manifest.encode(),
+        manifest: first.manifest.encode(),
     })
     .await?;
     let (need_module, need_chunks) = match conn.recv().await? {
         Frame::StateNeed { module, chunks, .. } => (module, chunks),
         other => return Err(conn.unexpected(&other, "StateNeed")),
     };
+    let mut bytes = 0u64;
     if need_module {
         for (i, piece) in module_bytes.chunks(MODULE_PIECE).enumerate() {
             conn.send(&Frame::ModuleData {
@@ -1048,15 +1295,76 @@ async fn send_state(
             })
             .await?;
         }
+        bytes += module_bytes.len() as u64;
     }
+    let by_hash: HashMap<ChunkHash, &ChunkBody> =
+        first.bodies.iter().map(|b| (b.hash(), b)).collect();
+    let mut asked = Vec::with_capacity(need_chunks.len());
+    for hash in need_chunks {
+        asked.push(*by_hash.get(&hash).ok_or_else(|| {
+            ClientError::State(format!("the node asked for unknown chunk {hash:032x}"))
+        })?);
+    }
+    bytes += send_bodies(&mut conn, worker, asked.into_iter()).await?;
+    let mut sent = first.bodies;
+    let mut last = first_is_last;
+    let mut round_started = started;
+    loop {
+        if last {
+            conn.send(&Frame::StateEnd { worker }).await?;
+            return match conn.recv().await? {
+                Frame::StateAdopted { last_seq, .. } => Ok(Offloaded {
+                    conn,
+                    last_seq,
+                    bodies: sent,
+                }),
+                other => Err(conn.unexpected(&other, "StateAdopted")),
+            };
+        }
+        let nonce = u64::from(sent.len() as u32) << 32 | u64::from(worker as u32);
+        conn.send(&Frame::Ping { nonce }).await?;
+        loop {
+            match conn.recv().await? {
+                Frame::Pong { nonce: n } if n == nonce => break,
+                Frame::Pong { .. } => {}
+                Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
+                other => return Err(conn.unexpected(&other, "Pong")),
+            }
+        }
+        let elapsed = round_started.elapsed().as_secs_f64().max(1e-6);
+        if delivered.send(bytes as f64 / elapsed).is_err() {
+            return Err(ClientError::Usage("the offload was abandoned".into()));
+        }
+        let Some(round) = rounds.recv().await else {
+            return Err(ClientError::Usage("the offload was abandoned".into()));
+        };
+        round_started = Instant::now();
+        conn.send(&Frame::StateRound {
+            worker,
+            bodies: round.bodies.len() as u32,
+            manifest: round.manifest.encode(),
+        })
+        .await?;
+        bytes = send_bodies(&mut conn, worker, round.bodies.iter()).await?;
+        sent.extend(round.bodies);
+        last = round.last;
+    }
+}
+
+/// Sends chunk bodies in ChunkData frames of at most [`CHUNK_FRAME_BYTES`]; returns their
+/// encoded bytes.
+async fn send_bodies<'b>(
+    conn: &mut Connection,
+    worker: WorkerId,
+    bodies: impl Iterator<Item = &'b ChunkBody>,
+) -> Result<u64, ClientError> {
+    let mut total = 0u64;
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
-    for hash in need_chunks {
-        let body = snapshot.body(hash).ok_or_else(|| {
-            ClientError::State(format!("the node asked for unknown chunk {hash:032x}"))
-        })?;
+    for body in bodies {
         let encoded = body.encode();
         batch_bytes += encoded.len();
+        total += encoded.len() as u64;
         batch.push(encoded);
         if batch_bytes >= CHUNK_FRAME_BYTES {
             conn.send(&Frame::ChunkData {
@@ -1074,11 +1382,7 @@ async fn send_state(
         })
         .await?;
     }
-    conn.send(&Frame::StateEnd { worker }).await?;
-    match conn.recv().await? {
-        Frame::StateAdopted { last_seq, .. } => Ok(last_seq),
-        other => Err(conn.unexpected(&other, "StateAdopted")),
-    }
+    Ok(total)
 }
 
 /// Receives a worker's state as the receiver of a transfer (after StateBegin with
