@@ -41,12 +41,15 @@ mod config;
 mod error;
 mod host;
 mod module;
+mod postcopy;
 mod worker;
 
 pub use config::{RuntimeConfig, WorkerLimits};
 pub use error::{
-    CaptureError, DeliverError, Failure, LoadError, RestoreError, RuntimeError, StartError,
+    CaptureError, DeliverError, Failure, LoadError, PostCopyRestoreError, PostCopyUnavailable,
+    RestoreError, RuntimeError, StartError, SupplyError, WaitCompleteError,
 };
 pub use module::{Runtime, WorkerModule};
+pub use postcopy::{post_copy_available, Pager, PagerStats, DISABLE_POST_COPY_ENV};
 pub use roam_snapshot::{Delta, Snapshot};
 pub use worker::{Replies, Worker};
