@@ -51,5 +51,5 @@ pub use error::{
 };
 pub use module::{Runtime, WorkerModule};
 pub use postcopy::{post_copy_available, Pager, PagerStats, DISABLE_POST_COPY_ENV};
-pub use roam_snapshot::{Delta, Snapshot};
+pub use roam_snapshot::{ChunkBody, ChunkHash, Delta, Manifest, Snapshot};
 pub use worker::{Replies, Worker};

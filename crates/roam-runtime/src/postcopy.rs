@@ -248,11 +248,8 @@ impl PagerShared {
     /// sees the page as the kernel fills it: zero), closes this side's descriptor and tells
     /// the fault thread and the waiters.
     fn settle(&self, state: &mut PagerState, how: Settle) {
-        if let Some(uffd) = state.uffd.take() {
-            if let Err(e) = uffd.unregister(self.base, self.len) {
-                tracing::warn!("cannot unregister a post-copy memory: {e}");
-            }
-        }
+        // The outcome is published before the region is unregistered: a worker released by
+        // the unregistration must find its state marked lost when it next looks.
         match how {
             Settle::Complete => self.complete.store(true, Ordering::SeqCst),
             Settle::Lost(reason) => {
@@ -260,6 +257,11 @@ impl PagerShared {
                 self.lost.store(true, Ordering::SeqCst);
             }
             Settle::WorkerGone => state.worker_gone = true,
+        }
+        if let Some(uffd) = state.uffd.take() {
+            if let Err(e) = uffd.unregister(self.base, self.len) {
+                tracing::warn!("cannot unregister a post-copy memory: {e}");
+            }
         }
         // Paging is over whichever way it ended: nothing more to ask the source for.
         state.fetch = None;
@@ -270,6 +272,14 @@ impl PagerShared {
 
     fn chunk_start(&self, index: u32) -> usize {
         self.base + index as usize * self.chunk_size
+    }
+
+    fn wake_all(&self, state: &PagerState, indices: &[u32]) {
+        if let Some(uffd) = &state.uffd {
+            for &index in indices {
+                let _ = uffd.wake(self.chunk_start(index), self.chunk_size);
+            }
+        }
     }
 
     /// Handles one page fault at `addr`; returns the content to ask the source for, if any.
@@ -342,23 +352,40 @@ impl PagerShared {
         let Some(mut positions) = state.missing.remove(&hash) else {
             return Ok(0);
         };
-        let mut installed = 0;
-        while let Some(&index) = positions.last() {
-            if let Err(e) = uffd.copy(self.chunk_start(index), &raw) {
-                state.missing.insert(hash, positions);
-                return Err(SupplyError::Install(e.to_string()));
+        // Map every position first and wake the worker after the books are updated, so
+        // that once it runs on, the pager already counts the chunk in (and, for the last
+        // one, is complete).
+        let mut filled = Vec::with_capacity(positions.len());
+        let mut failed = None;
+        while let Some(index) = positions.pop() {
+            match uffd.copy_no_wake(self.chunk_start(index), &raw) {
+                Ok(_) => {
+                    state.states[index as usize] = ChunkState::Present;
+                    filled.push(index);
+                }
+                Err(e) => {
+                    positions.push(index);
+                    failed = Some(e);
+                    break;
+                }
             }
-            state.states[index as usize] = ChunkState::Present;
-            positions.pop();
-            installed += 1;
         }
+        let installed = filled.len();
         state.stats.chunks_installed += installed as u64;
         state.stats.bytes_installed += (installed * self.chunk_size) as u64;
         if let Some(since) = state.waiting.remove(&hash) {
             state.stats.fault_wait += since.elapsed();
         }
+        if let Some(e) = failed {
+            state.missing.insert(hash, positions);
+            self.wake_all(state, &filled);
+            return Err(SupplyError::Install(e.to_string()));
+        }
         if state.missing.is_empty() {
+            // Unregistering wakes every waiter.
             self.settle(state, Settle::Complete);
+        } else {
+            self.wake_all(state, &filled);
         }
         Ok(installed)
     }

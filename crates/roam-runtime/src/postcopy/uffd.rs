@@ -15,6 +15,7 @@ const UFFDIO: u64 = 0xAA;
 /// opened without privileges where the kernel allows it (Linux 5.11+).
 const UFFD_USER_MODE_ONLY: libc::c_int = 1;
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
+const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1;
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 /// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd` (Linux 6.1+): the same descriptor the system
 /// call gives, for systems whose seccomp policy refuses the call.
@@ -181,15 +182,16 @@ impl Userfaultfd {
     }
 
     /// Atomically maps a copy of `src` at `dst` (page-aligned, registered, nothing mapped
-    /// yet) and wakes whoever waits on it. `Ok(false)`: something was mapped there already.
-    pub fn copy(&self, dst: usize, src: &[u8]) -> io::Result<bool> {
+    /// yet), without waking whoever waits on it (see [`wake`](Self::wake)). `Ok(false)`:
+    /// something was mapped there already.
+    pub fn copy_no_wake(&self, dst: usize, src: &[u8]) -> io::Result<bool> {
         let mut done = 0usize;
         while done < src.len() {
             let mut copy = UffdioCopy {
                 dst: (dst + done) as u64,
                 src: src[done..].as_ptr() as u64,
                 len: (src.len() - done) as u64,
-                mode: 0,
+                mode: UFFDIO_COPY_MODE_DONTWAKE,
                 copy: 0,
             };
             // SAFETY: `src[done..]` is readable for `copy.len` bytes for the duration of the
