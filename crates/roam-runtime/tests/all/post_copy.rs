@@ -226,11 +226,11 @@ fn growth_past_the_snapshot_size_reads_zero_without_asking() {
     server.join().unwrap();
 }
 
+/// A worker back from a thread that delivered a message to it, and what came of it.
+type Delivered = (Worker, Result<Vec<Vec<u8>>, DeliverError>);
+
 /// Delivers `message` on a thread of its own; the result comes back on the channel.
-fn deliver_elsewhere(
-    mut worker: Worker,
-    message: [u8; 8],
-) -> mpsc::Receiver<(Worker, Result<Vec<Vec<u8>>, DeliverError>)> {
+fn deliver_elsewhere(mut worker: Worker, message: [u8; 8]) -> mpsc::Receiver<Delivered> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let result = worker
