@@ -31,6 +31,11 @@
 //! # }
 //! ```
 //!
+//! A worker can also be restored *post-copy*, before all of its memory has arrived
+//! ([`Runtime::restore_post_copy`]): it runs at once, and the chunks it touches first are
+//! fetched on demand through userfaultfd while a [`Pager`] takes in the rest (Linux, where
+//! [`post_copy_available`] says so; docs/postcopy.md).
+//!
 //! Limits are per worker ([`WorkerLimits`]): linear memory (default 1 GiB) and time per
 //! message (default 30 s, enforced with wasmtime's epoch interruption). A worker that breaks
 //! a limit, traps or exits is *failed*: it refuses further messages and captures, and the

@@ -137,6 +137,9 @@ struct PagerState {
     /// Ask the source for everything missing (a capture needs it all).
     request_all: bool,
     lost_reason: Option<String>,
+    /// Set by the fault thread when it cannot serve a fault: the restore is then abandoned
+    /// with this reason, as no thread may stay blocked.
+    failed: Option<String>,
     worker_gone: bool,
     fetch: Option<FetchChunk>,
     stats: PagerStats,
@@ -300,8 +303,16 @@ impl PagerShared {
                 None
             }
             ChunkState::Zero => {
-                if let Err(e) = uffd.zero(start, self.chunk_size) {
-                    tracing::warn!("cannot map a zero page into a post-copy memory: {e}");
+                match uffd.zero(start, self.chunk_size) {
+                    Ok(true) => {}
+                    // Mapped meanwhile by other means: the waiter only needs waking.
+                    Ok(false) => {
+                        let _ = uffd.wake(start, self.chunk_size);
+                    }
+                    Err(e) => {
+                        state.failed = Some(format!("cannot map a zero page: {e}"));
+                        return None;
+                    }
                 }
                 state.states[index] = ChunkState::Present;
                 state.stats.zero_faults += 1;
@@ -405,7 +416,7 @@ fn run_fault_thread(shared: Arc<PagerShared>, uffd: Userfaultfd) {
         shared.wake.clear();
         faults.clear();
         let read = uffd.read_faults(&mut faults);
-        let fetch = {
+        let (fetch, failed) = {
             let mut state = shared.lock();
             if state.uffd.is_none() {
                 return;
@@ -425,8 +436,12 @@ fn run_fault_thread(shared: Arc<PagerShared>, uffd: Userfaultfd) {
                     }
                 }
             }
-            state.fetch.clone()
+            (state.fetch.clone(), state.failed.take())
         };
+        if let Some(reason) = failed {
+            shared.abandon(reason);
+            return;
+        }
         if let Err(e) = read {
             shared.abandon(format!("reading page faults failed: {e}"));
             return;
@@ -589,6 +604,7 @@ impl PostCopyRegion<'_> {
                 waiting: HashMap::new(),
                 request_all: false,
                 lost_reason: None,
+                failed: None,
                 worker_gone: false,
                 fetch: (!complete).then_some(fetch),
                 stats: PagerStats {

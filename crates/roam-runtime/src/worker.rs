@@ -127,15 +127,15 @@ impl Worker {
             .grow_to(manifest)
             .map_err(PostCopyRestoreError::State)?;
 
-        let memory = worker.memory.data_mut(&mut worker.store);
-        let (base, len) = (memory.as_mut_ptr() as usize, memory.len());
+        let base = worker.memory.data_ptr(&worker.store) as usize;
+        let len = worker.memory.data_size(&worker.store);
         if base != postcopy::last_created_base() {
             return Err(PostCopyRestoreError::Paging(
                 "the worker's memory was not created by the runtime's memory creator".into(),
             ));
         }
         // SAFETY: `[base, base + len)` is the worker's whole linear memory, readable and
-        // writable, and nothing refers into it while `memory` is not used: the first call
+        // writable, and nothing refers into it (no slice of it is alive): the first call
         // keeps the kernel from backing it with huge pages (which would map zeros over chunks
         // that have not arrived), the second drops every page the instantiation wrote (data
         // segments), so that the memory reads as zero until the restore writes it.
@@ -154,6 +154,7 @@ impl Worker {
         // The hot chunks are written straight into the memory before it is registered:
         // faster than mapping them one by one, and what is written is never missing.
         let hot: HashMap<ChunkHash, &ChunkBody> = hot.iter().map(|b| (b.hash(), b)).collect();
+        let memory = worker.memory.data_mut(&mut worker.store);
         let mut present = vec![false; len / chunk_size];
         let mut written: HashMap<ChunkHash, usize> = HashMap::new();
         let mut hot_chunks = 0;
