@@ -66,6 +66,9 @@ pub fn post_copy_available() -> Result<(), PostCopyUnavailable> {
         .clone()
 }
 
+/// Most zero chunks mapped for one fault on a zero chunk.
+const ZERO_RUN_MAX: usize = 64;
+
 /// Counters of a post-copy restore, from the restore on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PagerStats {
@@ -303,18 +306,38 @@ impl PagerShared {
                 None
             }
             ChunkState::Zero => {
-                match uffd.zero(start, self.chunk_size) {
+                // Zero memory tends to come in runs (a heap's unused end): map the zero run
+                // around the fault, up to a cap, so a scan through it faults once per run.
+                let mut first = index;
+                let mut end = index + 1;
+                while end - first < ZERO_RUN_MAX
+                    && end < state.states.len()
+                    && state.states[end] == ChunkState::Zero
+                {
+                    end += 1;
+                }
+                while end - first < ZERO_RUN_MAX
+                    && first > 0
+                    && state.states[first - 1] == ChunkState::Zero
+                {
+                    first -= 1;
+                }
+                let (run_start, run_len) = (
+                    self.chunk_start(first as u32),
+                    (end - first) * self.chunk_size,
+                );
+                match uffd.zero(run_start, run_len) {
                     Ok(true) => {}
                     // Mapped meanwhile by other means: the waiter only needs waking.
                     Ok(false) => {
-                        let _ = uffd.wake(start, self.chunk_size);
+                        let _ = uffd.wake(run_start, run_len);
                     }
                     Err(e) => {
                         state.failed = Some(format!("cannot map a zero page: {e}"));
                         return None;
                     }
                 }
-                state.states[index] = ChunkState::Present;
+                state.states[first..end].fill(ChunkState::Present);
                 state.stats.zero_faults += 1;
                 state.stats.fault_wait += now.elapsed();
                 None

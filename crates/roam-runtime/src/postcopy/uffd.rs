@@ -183,9 +183,10 @@ impl Userfaultfd {
 
     /// Atomically maps a copy of `src` at `dst` (page-aligned, registered, nothing mapped
     /// yet), without waking whoever waits on it (see [`wake`](Self::wake)). `Ok(false)`:
-    /// something was mapped there already.
+    /// some pages were mapped already; they are kept and the others filled.
     pub fn copy_no_wake(&self, dst: usize, src: &[u8]) -> io::Result<bool> {
         let mut done = 0usize;
+        let mut all_new = true;
         while done < src.len() {
             let mut copy = UffdioCopy {
                 dst: (dst + done) as u64,
@@ -202,21 +203,26 @@ impl Userfaultfd {
                 return Ok(true);
             }
             let error = io::Error::last_os_error();
+            let copied = usize::try_from(copy.copy).unwrap_or(0);
             match error.raw_os_error() {
-                Some(libc::EEXIST) => return Ok(false),
+                // A page already there: keep it, go on after it.
+                Some(libc::EEXIST) => {
+                    done += copied + page_size();
+                    all_new = false;
+                }
                 // The address space changed under the copy: go on after what was copied.
-                Some(libc::EAGAIN) if copy.copy > 0 => done += copy.copy as usize,
-                Some(libc::EAGAIN) => {}
+                Some(libc::EAGAIN) => done += copied,
                 _ => return Err(error),
             }
         }
-        Ok(true)
+        Ok(all_new)
     }
 
     /// Maps the zero page over `[start, start + len)` and wakes whoever waits there.
-    /// `Ok(false)`: something was mapped there already.
+    /// `Ok(false)`: some pages were mapped already; they are kept and the others filled.
     pub fn zero(&self, start: usize, len: usize) -> io::Result<bool> {
         let mut done = 0usize;
+        let mut all_new = true;
         while done < len {
             let mut zero = UffdioZeropage {
                 range: UffdioRange {
@@ -233,14 +239,17 @@ impl Userfaultfd {
                 return Ok(true);
             }
             let error = io::Error::last_os_error();
+            let zeroed = usize::try_from(zero.zeropage).unwrap_or(0);
             match error.raw_os_error() {
-                Some(libc::EEXIST) => return Ok(false),
-                Some(libc::EAGAIN) if zero.zeropage > 0 => done += zero.zeropage as usize,
-                Some(libc::EAGAIN) => {}
+                Some(libc::EEXIST) => {
+                    done += zeroed + page_size();
+                    all_new = false;
+                }
+                Some(libc::EAGAIN) => done += zeroed,
                 _ => return Err(error),
             }
         }
-        Ok(true)
+        Ok(all_new)
     }
 
     /// Reads the pending page faults (addresses) into `out`, without blocking; other

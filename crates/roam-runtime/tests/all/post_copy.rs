@@ -586,3 +586,57 @@ fn a_snapshot_of_another_module_is_refused_before_anything_runs() {
         "{refused}"
     );
 }
+
+#[test]
+fn zero_memory_is_served_without_asking_in_runs() {
+    require_post_copy();
+    let wasm = paged_wasm();
+    let rt = runtime();
+    let module = rt.load(&wasm).unwrap();
+    // 16 MiB, all zero but the first chunk and the last.
+    let mut source = rt.start(&module).unwrap();
+    send(&mut source, &msg(GROW, 255));
+    let snapshot = source.capture().unwrap();
+    assert_eq!(snapshot.manifest.chunks.len(), 2);
+    let expected = eager_replies(&wasm, &snapshot, &[msg(CHECKSUM, 0)]);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (mut worker, pager) = rt
+        .restore_post_copy(&module, &snapshot.manifest, snapshot.bodies(), {
+            let asked = asked.clone();
+            move |_| {
+                asked.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    // Everything non-zero came hot: nothing to wait for.
+    assert!(pager.is_complete());
+    assert_eq!(vec![send(&mut worker, &msg(CHECKSUM, 0))], expected);
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
+    assert_eq!(pager.stats().faults, 0);
+
+    // With the two non-zero chunks missing, the 4094 zero chunks fault in runs.
+    let (mut worker, pager) = rt
+        .restore_post_copy(&module, &snapshot.manifest, &[], {
+            let asked = asked.clone();
+            move |_| {
+                asked.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .unwrap();
+    for body in snapshot.bodies() {
+        if body.hash() != snapshot.manifest.chunks[1].hash {
+            pager.supply(body).unwrap();
+        }
+    }
+    assert_eq!(
+        vec![send(&mut worker, &msg(TOUCH, 4095))],
+        eager_replies(&wasm, &snapshot, &[msg(TOUCH, 4095)])
+    );
+    let stats = pager.stats();
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "{stats:?}");
+    assert!(
+        stats.zero_faults > 0 && stats.zero_faults <= 4096 / 64 + 2,
+        "{stats:?}"
+    );
+    assert!(!pager.is_complete(), "the last chunk was never touched");
+}
