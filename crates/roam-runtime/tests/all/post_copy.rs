@@ -276,6 +276,7 @@ fn losing_the_source_mid_message_fails_the_worker_without_hanging() {
         .recv_timeout(Duration::from_secs(5))
         .expect("the worker does not hang once the source is lost");
     let failed_after = abandoned.elapsed();
+    eprintln!("the worker failed {failed_after:?} after its source was lost");
     let error = result.expect_err("no replies from a worker whose memory is not its own");
     assert!(matches!(error, DeliverError::Failed(_)));
     assert_state_lost(&error, "the source node died");
