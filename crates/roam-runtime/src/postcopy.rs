@@ -74,8 +74,9 @@ const ZERO_RUN_MAX: usize = 64;
 pub struct PagerStats {
     /// Page faults the worker took in memory that was not there yet.
     pub faults: u64,
-    /// Of those, faults on chunks that are zero (or beyond the snapshot's memory), answered
-    /// with a zero page without asking the source.
+    /// Of those, faults on chunks that are zero in the manifest, answered with zero pages
+    /// (for the run of zero chunks around the fault) without asking the source. Memory grown
+    /// beyond the snapshot's size takes no fault here at all.
     pub zero_faults: u64,
     /// Chunk contents asked of the source through the fetch callback.
     pub requests: u64,
