@@ -392,6 +392,21 @@ fn capturing_a_lazy_worker_gives_the_source_snapshot() {
     assert_eq!(captured.bodies(), snapshot.bodies());
     drop(worker);
     server.join().unwrap();
+
+    // A pre-copy round's delta waits the same way: nothing changed, nothing to send.
+    let (fetch, source) = fetch_channel();
+    let (mut worker, pager) = rt
+        .restore_post_copy(&module, &snapshot.manifest, &hot, fetch)
+        .unwrap();
+    let server = source.serve(snapshot.clone(), pager.clone(), Duration::ZERO);
+    let delta = worker
+        .capture_delta(&|_| true)
+        .expect("delta waits for the memory");
+    assert!(pager.is_complete());
+    assert_eq!(delta.manifest.chunks, snapshot.manifest.chunks);
+    assert!(delta.bodies.is_empty());
+    drop(worker);
+    server.join().unwrap();
 }
 
 #[test]
