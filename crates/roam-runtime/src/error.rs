@@ -58,6 +58,14 @@ pub enum Failure {
         /// What wasmtime said, with the wasm backtrace when there is one.
         message: String,
     },
+    /// the worker's state was lost before all of its memory arrived ({reason}); restore it from a snapshot
+    #[error(
+        "the worker's state was lost before all of its memory arrived ({reason}); restore it from a snapshot"
+    )]
+    StateLost {
+        /// Why the rest of the memory will not arrive, as given to `Pager::abandon`.
+        reason: String,
+    },
 }
 
 /// The runtime could not be created.
@@ -156,6 +164,16 @@ pub enum CaptureError {
     /// the snapshot could not be built: {0}
     #[error("the snapshot could not be built: {0}")]
     Snapshot(#[from] roam_snapshot::CaptureSnapshotError),
+    /// the worker's memory had not all arrived after {waited:?} ({missing} chunk contents missing); try again later
+    #[error(
+        "the worker's memory had not all arrived after {waited:?} ({missing} chunk contents missing); try again later"
+    )]
+    MemoryIncomplete {
+        /// Distinct chunk contents still missing.
+        missing: usize,
+        /// How long the capture waited for them.
+        waited: Duration,
+    },
 }
 
 /// A snapshot could not be restored.
@@ -176,4 +194,99 @@ pub enum RestoreError {
     /// the worker's state could not be set: {0}
     #[error("the worker's state could not be set: {0}")]
     State(String),
+}
+
+/// Post-copy restore cannot run in this process.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PostCopyUnavailable {
+    /// post-copy is turned off (ROAM_DISABLE_POSTCOPY is set)
+    #[error("post-copy is turned off (ROAM_DISABLE_POSTCOPY is set)")]
+    Disabled,
+    /// userfaultfd is refused to this process (it needs root or CAP_SYS_PTRACE, unless vm.unprivileged_userfaultfd=1 or /dev/userfaultfd is open to it): {0}
+    #[error(
+        "userfaultfd is refused to this process (it needs root or CAP_SYS_PTRACE, unless vm.unprivileged_userfaultfd=1 or /dev/userfaultfd is open to it): {0}"
+    )]
+    NotPermitted(String),
+    /// this kernel offers no userfaultfd: {0}
+    #[error("this kernel offers no userfaultfd: {0}")]
+    NotSupported(String),
+    /// the host's pages of {page_size} bytes are larger than the smallest chunk (4 KiB)
+    #[error("the host's pages of {page_size} bytes are larger than the smallest chunk (4 KiB)")]
+    PageTooLarge {
+        /// The host's page size.
+        page_size: usize,
+    },
+}
+
+/// A worker could not be restored post-copy.
+#[derive(Debug, thiserror::Error)]
+pub enum PostCopyRestoreError {
+    /// post-copy is not available here: {0}
+    #[error("post-copy is not available here: {0}")]
+    Unavailable(#[from] PostCopyUnavailable),
+    /// the snapshot does not fit the module: {0}
+    #[error("the snapshot does not fit the module: {0}")]
+    Incompatible(#[from] roam_snapshot::IncompatibleSnapshotError),
+    /// chunks of {chunk_size} bytes are smaller than this host's pages ({page_size} bytes)
+    #[error("chunks of {chunk_size} bytes are smaller than this host's pages ({page_size} bytes)")]
+    ChunkSmallerThanPage {
+        /// The manifest's chunk size.
+        chunk_size: u32,
+        /// The host's page size.
+        page_size: usize,
+    },
+    /// a hot chunk could not be restored: {0}
+    #[error("a hot chunk could not be restored: {0}")]
+    HotChunk(#[from] roam_snapshot::RestoreMemoryError),
+    /// the worker could not be instantiated: {0}
+    #[error("the worker could not be instantiated: {0}")]
+    Instantiate(String),
+    /// the worker's state could not be set: {0}
+    #[error("the worker's state could not be set: {0}")]
+    State(String),
+    /// the worker's memory could not be handed to userfaultfd: {0}
+    #[error("the worker's memory could not be handed to userfaultfd: {0}")]
+    Paging(String),
+}
+
+/// A chunk body could not be installed in a post-copy worker's memory.
+#[derive(Debug, thiserror::Error)]
+pub enum SupplyError {
+    /// chunk body {hash:032x} holds {raw_len} bytes, not the manifest's chunk size of {chunk_size}
+    #[error(
+        "chunk body {hash:032x} holds {raw_len} bytes, not the manifest's chunk size of {chunk_size}"
+    )]
+    WrongSize {
+        /// The body's hash.
+        hash: roam_snapshot::ChunkHash,
+        /// Its raw length.
+        raw_len: u32,
+        /// The manifest's chunk size.
+        chunk_size: u32,
+    },
+    /// the chunk body does not hold what its hash names: {0}
+    #[error("the chunk body does not hold what its hash names: {0}")]
+    Corrupt(#[from] roam_snapshot::RestoreMemoryError),
+    /// the chunk could not be mapped into the worker's memory: {0}
+    #[error("the chunk could not be mapped into the worker's memory: {0}")]
+    Install(String),
+}
+
+/// A post-copy worker's memory did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitCompleteError {
+    /// the memory's source was lost: {0}
+    #[error("the memory's source was lost: {0}")]
+    Lost(String),
+    /// the worker was dropped before its memory arrived
+    #[error("the worker was dropped before its memory arrived")]
+    WorkerGone,
+    /// {missing} chunk contents were still missing after {waited:?}
+    #[error("{missing} chunk contents were still missing after {waited:?}")]
+    TimedOut {
+        /// Distinct chunk contents still missing.
+        missing: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
 }

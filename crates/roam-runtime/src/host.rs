@@ -35,6 +35,8 @@ pub(crate) struct Host {
     pub clock: WorkerClock,
     pub limiter: Limiter,
     pub log: Log,
+    /// Set for a worker restored post-copy whose memory was still arriving.
+    pub post_copy: Option<crate::postcopy::PostCopyWatch>,
 }
 
 impl Host {
@@ -54,6 +56,7 @@ impl Host {
                 denied_memory: None,
             },
             log: Log::default(),
+            post_copy: None,
         }
     }
 }

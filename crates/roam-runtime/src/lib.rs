@@ -31,6 +31,11 @@
 //! # }
 //! ```
 //!
+//! A worker can also be restored *post-copy*, before all of its memory has arrived
+//! ([`Runtime::restore_post_copy`]): it runs at once, and the chunks it touches first are
+//! fetched on demand through userfaultfd while a [`Pager`] takes in the rest (Linux, where
+//! [`post_copy_available`] says so; docs/postcopy.md).
+//!
 //! Limits are per worker ([`WorkerLimits`]): linear memory (default 1 GiB) and time per
 //! message (default 30 s, enforced with wasmtime's epoch interruption). A worker that breaks
 //! a limit, traps or exits is *failed*: it refuses further messages and captures, and the
@@ -41,12 +46,15 @@ mod config;
 mod error;
 mod host;
 mod module;
+mod postcopy;
 mod worker;
 
 pub use config::{RuntimeConfig, WorkerLimits};
 pub use error::{
-    CaptureError, DeliverError, Failure, LoadError, RestoreError, RuntimeError, StartError,
+    CaptureError, DeliverError, Failure, LoadError, PostCopyRestoreError, PostCopyUnavailable,
+    RestoreError, RuntimeError, StartError, SupplyError, WaitCompleteError,
 };
 pub use module::{Runtime, WorkerModule};
-pub use roam_snapshot::{Delta, Snapshot};
+pub use postcopy::{post_copy_available, Pager, PagerStats, DISABLE_POST_COPY_ENV};
+pub use roam_snapshot::{ChunkBody, ChunkHash, Delta, Manifest, Snapshot};
 pub use worker::{Replies, Worker};

@@ -7,12 +7,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use roam_prepare::ModuleInfo;
-use roam_snapshot::{Layout, MemoryLimits, ModuleHash, Snapshot, TableLimits, ValType};
+use roam_snapshot::{
+    ChunkBody, ChunkHash, Layout, Manifest, MemoryLimits, ModuleHash, Snapshot, TableLimits,
+    ValType,
+};
 use sha2::{Digest, Sha256};
 use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
-use crate::error::{LoadError, RestoreError, RuntimeError, StartError};
+use crate::error::{LoadError, PostCopyRestoreError, RestoreError, RuntimeError, StartError};
 use crate::host::{define_imports, Host};
+use crate::postcopy::Pager;
 use crate::worker::Worker;
 use crate::RuntimeConfig;
 
@@ -83,6 +87,7 @@ impl Runtime {
             // The same bits on every node, whatever its CPU: a worker's state must not depend
             // on where it ran.
             .cranelift_nan_canonicalization(true);
+        crate::postcopy::configure(&mut wasm_config);
         let engine = Engine::new(&wasm_config).map_err(|e| RuntimeError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         define_imports(&mut linker).map_err(|e| RuntimeError::Engine(e.to_string()))?;
@@ -179,6 +184,30 @@ impl Runtime {
         snapshot: &Snapshot,
     ) -> Result<Worker, RestoreError> {
         Worker::restore(self.clone(), module.clone(), snapshot)
+    }
+
+    /// Restores a worker *post-copy*: it can run before all of its memory has arrived.
+    ///
+    /// `manifest` is the snapshot's manifest, `hot` the chunk bodies already at hand (any
+    /// subset; bodies the manifest does not name are ignored). The worker's globals, tables
+    /// and hot chunks are restored now. When the worker touches a chunk whose body has not
+    /// been supplied, it blocks, and `fetch` is called with the chunk's hash — once per
+    /// content, from the runtime's fault thread: it should pass the request on (to the source,
+    /// on a priority lane) and return without blocking. Every body that arrives goes to
+    /// [`Pager::supply`] on the returned pager. Zero chunks, and memory the worker grows
+    /// beyond the snapshot's size, read as zero without asking.
+    ///
+    /// If the source goes away before every chunk has arrived, call [`Pager::abandon`]: the
+    /// worker then fails with [`Failure::StateLost`](crate::Failure::StateLost) rather than
+    /// run on with memory that is not its own. Needs userfaultfd ([`post_copy_available`](crate::post_copy_available)).
+    pub fn restore_post_copy(
+        &self,
+        module: &Arc<WorkerModule>,
+        manifest: &Manifest,
+        hot: &[ChunkBody],
+        fetch: impl Fn(ChunkHash) + Send + Sync + 'static,
+    ) -> Result<(Worker, Pager), PostCopyRestoreError> {
+        Worker::restore_post_copy(self.clone(), module.clone(), manifest, hot, Arc::new(fetch))
     }
 
     /// Decodes snapshot bytes with this runtime's limits.

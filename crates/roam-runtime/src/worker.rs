@@ -8,14 +8,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use roam_snapshot::{ChunkHash, Delta, GlobalValue, Snapshot, State, TableState};
-use wasmtime::{Func, Global, Instance, Memory, Ref, Store, Table, Trap, TypedFunc, Val};
+use roam_snapshot::{
+    ChunkBody, ChunkHash, Delta, GlobalValue, Manifest, Snapshot, State, TableState,
+};
+use wasmtime::{
+    Func, Global, Instance, Memory, Ref, Store, Table, Trap, TypedFunc, UpdateDeadline, Val,
+};
 
-use crate::error::{CaptureError, DeliverError, Failure, RestoreError, StartError};
+use crate::error::{
+    CaptureError, DeliverError, Failure, PostCopyRestoreError, RestoreError, StartError,
+    WaitCompleteError,
+};
 use crate::host::{
     Host, MemoryLimitExceeded, PostOutOfBounds, ReplyLimitExceeded, WorkerClock, WorkerExit,
 };
 use crate::module::{Runtime, WorkerModule};
+use crate::postcopy::{self, Pager, PostCopyMemory, PostCopyRegion, PostCopyWatch, StateLostTrap};
 use crate::WorkerLimits;
 
 const PAGE: u64 = 65536;
@@ -24,6 +32,9 @@ const PAGE: u64 = 65536;
 pub struct Worker {
     runtime: Runtime,
     module: Arc<WorkerModule>,
+    /// Set while (and after) the worker's memory arrives post-copy. Declared before the
+    /// store so that it is dropped first: paging must end before the memory is unmapped.
+    post_copy: Option<PostCopyMemory>,
     store: Store<Host>,
     instance: Instance,
     memory: Memory,
@@ -80,65 +91,188 @@ impl Worker {
         )
         .map_err(RestoreError::Instantiate)?;
 
-        let pages = manifest.memory_size / PAGE;
-        let current = worker.memory.size(&worker.store);
-        if pages > current {
-            worker
-                .memory
-                .grow(&mut worker.store, pages - current)
-                .map_err(|e| RestoreError::State(format!("cannot grow memory: {e}")))?;
-        } else if pages < current {
-            // check_against refuses a memory below the module's minimum, and a fresh instance
-            // has exactly the minimum.
-            return Err(RestoreError::State(format!(
-                "snapshot memory of {pages} pages is below the fresh instance's {current}"
-            )));
-        }
+        worker.grow_to(manifest).map_err(RestoreError::State)?;
         snapshot.restore_memory(
             worker.memory.data_mut(&mut worker.store),
             &module.info().data_ranges,
         )?;
+        worker
+            .set_globals_and_tables(manifest)
+            .map_err(RestoreError::State)?;
+        Ok(worker)
+    }
 
-        for ((index, global), value) in worker.globals.iter().zip(&manifest.globals) {
+    pub(crate) fn restore_post_copy(
+        runtime: Runtime,
+        module: Arc<WorkerModule>,
+        manifest: &Manifest,
+        hot: &[ChunkBody],
+        fetch: postcopy::FetchChunk,
+    ) -> Result<(Worker, Pager), PostCopyRestoreError> {
+        postcopy::post_copy_available()?;
+        let limits = runtime.shared.config.limits.clone();
+        manifest.check_against(module.layout(), limits.max_memory)?;
+        let chunk_size = manifest.chunk_size as usize;
+        let page_size = postcopy::page_size();
+        if !chunk_size.is_multiple_of(page_size) {
+            return Err(PostCopyRestoreError::ChunkSmallerThanPage {
+                chunk_size: manifest.chunk_size,
+                page_size,
+            });
+        }
+        let mut worker =
+            Worker::instantiate(runtime, module, WorkerClock::starting_at(manifest.clock_ns))
+                .map_err(PostCopyRestoreError::Instantiate)?;
+        worker
+            .grow_to(manifest)
+            .map_err(PostCopyRestoreError::State)?;
+
+        let base = worker.memory.data_ptr(&worker.store) as usize;
+        let len = worker.memory.data_size(&worker.store);
+        if base != postcopy::last_created_base() {
+            return Err(PostCopyRestoreError::Paging(
+                "the worker's memory was not created by the runtime's memory creator".into(),
+            ));
+        }
+        // SAFETY: `[base, base + len)` is the worker's whole linear memory, readable and
+        // writable, and nothing refers into it (no slice of it is alive): the first call
+        // keeps the kernel from backing it with huge pages (which would map zeros over chunks
+        // that have not arrived), the second drops every page the instantiation wrote (data
+        // segments), so that the memory reads as zero until the restore writes it.
+        let advised = unsafe {
+            let start = base as *mut libc::c_void;
+            libc::madvise(start, len, libc::MADV_NOHUGEPAGE) == 0
+                && libc::madvise(start, len, libc::MADV_DONTNEED) == 0
+        };
+        if !advised {
+            return Err(PostCopyRestoreError::Paging(format!(
+                "cannot prepare the memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+
+        // The hot chunks are written straight into the memory before it is registered:
+        // faster than mapping them one by one, and what is written is never missing.
+        let hot: HashMap<ChunkHash, &ChunkBody> = hot.iter().map(|b| (b.hash(), b)).collect();
+        let memory = worker.memory.data_mut(&mut worker.store);
+        let mut present = vec![false; len / chunk_size];
+        let mut written: HashMap<ChunkHash, usize> = HashMap::new();
+        let mut hot_chunks = 0;
+        for chunk in &manifest.chunks {
+            let Some(body) = hot.get(&chunk.hash) else {
+                continue;
+            };
+            let start = chunk.index as usize * chunk_size;
+            match written.get(&chunk.hash) {
+                Some(&from) => memory.copy_within(from..from + chunk_size, start),
+                None => {
+                    body.decompress_into(&mut memory[start..start + chunk_size])?;
+                    written.insert(chunk.hash, start);
+                }
+            }
+            present[chunk.index as usize] = true;
+            hot_chunks += 1;
+        }
+
+        worker
+            .set_globals_and_tables(manifest)
+            .map_err(PostCopyRestoreError::State)?;
+
+        let region = PostCopyRegion {
+            base,
+            len,
+            chunk_size,
+            chunks: &manifest.chunks,
+            present,
+            hot_chunks,
+        };
+        let (pager, paging) = region
+            .start(&worker.runtime.shared.engine, fetch)
+            .map_err(PostCopyRestoreError::Paging)?;
+        if let Some(paging) = paging {
+            worker.store.data_mut().post_copy = Some(PostCopyWatch {
+                shared: paging.shared.clone(),
+                ticks_left: 0,
+            });
+            // A post-copy worker counts its time budget itself, one tick at a time, so that a
+            // lost source stops it at the next tick (or at once, see `Pager::abandon`) and the
+            // time it spends blocked on faults is not counted against it.
+            worker.store.epoch_deadline_callback(|mut store| {
+                let watch = store
+                    .data_mut()
+                    .post_copy
+                    .as_mut()
+                    .expect("a post-copy worker keeps its watch");
+                if watch.shared.is_lost() {
+                    return Err(wasmtime::Error::new(StateLostTrap));
+                }
+                if watch.ticks_left <= 1 {
+                    return Err(wasmtime::Error::new(Trap::Interrupt));
+                }
+                watch.ticks_left -= 1;
+                Ok(UpdateDeadline::Continue(1))
+            });
+            worker.post_copy = Some(paging);
+        }
+        Ok((worker, pager))
+    }
+
+    /// Grows a fresh instance's memory to the snapshot's size.
+    fn grow_to(&mut self, manifest: &Manifest) -> Result<(), String> {
+        let pages = manifest.memory_size / PAGE;
+        let current = self.memory.size(&self.store);
+        if pages > current {
+            self.memory
+                .grow(&mut self.store, pages - current)
+                .map_err(|e| format!("cannot grow memory: {e}"))?;
+        } else if pages < current {
+            // check_against refuses a memory below the module's minimum, and a fresh instance
+            // has exactly the minimum.
+            return Err(format!(
+                "snapshot memory of {pages} pages is below the fresh instance's {current}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets every mutable global and table of a fresh instance from the snapshot.
+    fn set_globals_and_tables(&mut self, manifest: &Manifest) -> Result<(), String> {
+        for ((index, global), value) in self.globals.iter().zip(&manifest.globals) {
             let val = match *value {
                 GlobalValue::I32(v) => Val::I32(v),
                 GlobalValue::I64(v) => Val::I64(v),
                 GlobalValue::F32(v) => Val::F32(v),
                 GlobalValue::F64(v) => Val::F64(v),
                 GlobalValue::V128(v) => Val::V128(v.into()),
-                GlobalValue::FuncRef(f) => {
-                    Val::FuncRef(f.map(|i| worker.table_func(i)).transpose()?)
-                }
+                GlobalValue::FuncRef(f) => Val::FuncRef(f.map(|i| self.table_func(i)).transpose()?),
             };
             global
-                .set(&mut worker.store, val)
-                .map_err(|e| RestoreError::State(format!("cannot set global {index}: {e}")))?;
+                .set(&mut self.store, val)
+                .map_err(|e| format!("cannot set global {index}: {e}"))?;
         }
 
-        for (t, (table, state)) in worker.tables.iter().zip(&manifest.tables).enumerate() {
+        for (t, (table, state)) in self.tables.iter().zip(&manifest.tables).enumerate() {
             let want = state.elements.len() as u64;
-            let have = table.size(&worker.store);
+            let have = table.size(&self.store);
             if want > have {
                 table
-                    .grow(&mut worker.store, want - have, Ref::Func(None))
-                    .map_err(|e| RestoreError::State(format!("cannot grow table {t}: {e}")))?;
+                    .grow(&mut self.store, want - have, Ref::Func(None))
+                    .map_err(|e| format!("cannot grow table {t}: {e}"))?;
             }
             for (i, element) in state.elements.iter().enumerate() {
-                let func = element.map(|f| worker.table_func(f)).transpose()?;
+                let func = element.map(|f| self.table_func(f)).transpose()?;
                 table
-                    .set(&mut worker.store, i as u64, Ref::Func(func))
-                    .map_err(|e| RestoreError::State(format!("cannot set table {t}: {e}")))?;
+                    .set(&mut self.store, i as u64, Ref::Func(func))
+                    .map_err(|e| format!("cannot set table {t}: {e}"))?;
             }
         }
-        worker.last_seq = manifest.last_seq;
-        Ok(worker)
+        self.last_seq = manifest.last_seq;
+        Ok(())
     }
 
-    fn table_func(&self, index: u32) -> Result<Func, RestoreError> {
+    fn table_func(&self, index: u32) -> Result<Func, String> {
         self.table_funcs.get(&index).copied().ok_or_else(|| {
-            RestoreError::State(format!(
-                "function {index} cannot be placed in a table: the module never puts it in one"
-            ))
+            format!("function {index} cannot be placed in a table: the module never puts it in one")
         })
     }
 
@@ -200,6 +334,7 @@ impl Worker {
         Ok(Worker {
             runtime,
             module,
+            post_copy: None,
             store,
             instance,
             memory,
@@ -218,6 +353,9 @@ impl Worker {
     pub fn deliver(&mut self, message: &[u8]) -> Result<Replies<'_>, DeliverError> {
         if let Some(failure) = &self.failure {
             return Err(DeliverError::AlreadyFailed(failure.clone()));
+        }
+        if let Some(failure) = self.check_state_lost() {
+            return Err(DeliverError::Failed(failure));
         }
         let len = i32::try_from(message.len())
             .map_err(|_| DeliverError::TooLarge { len: message.len() })?;
@@ -247,6 +385,11 @@ impl Worker {
         if let Err(e) = self.on_message.call(&mut self.store, (ptr, len)) {
             return Err(DeliverError::Failed(self.fail(e)));
         }
+        // The source may have been lost while the message ran, and a page the worker touched
+        // then read as zero: what it posted cannot be trusted.
+        if let Some(failure) = self.check_state_lost() {
+            return Err(DeliverError::Failed(failure));
+        }
         self.last_seq += 1;
         let outbox = &self.store.data().outbox;
         Ok(Replies {
@@ -257,6 +400,9 @@ impl Worker {
 
     /// Captures the worker's whole state. Only possible between messages, which is the only
     /// time a caller holding `&mut self` can ask.
+    ///
+    /// A worker restored post-copy first waits (up to its time limit per message) for the
+    /// rest of its memory, asking the source for all of it.
     pub fn capture(&mut self) -> Result<Snapshot, CaptureError> {
         let state = self.state()?;
         let chunk_size = self.runtime.shared.config.chunk_size;
@@ -269,7 +415,8 @@ impl Worker {
 
     /// Captures the worker's whole manifest but compresses only the chunks whose hash
     /// `known` does not know: the chunks that changed since the bodies the caller holds.
-    /// Pre-copy rounds use it while the worker keeps running between them.
+    /// Pre-copy rounds use it while the worker keeps running between them. A worker
+    /// restored post-copy first waits for the rest of its memory, as [`capture`](Self::capture) does.
     pub fn capture_delta(
         &mut self,
         known: &(dyn Fn(ChunkHash) -> bool + Sync),
@@ -288,6 +435,23 @@ impl Worker {
     fn state(&mut self) -> Result<State, CaptureError> {
         if let Some(failure) = &self.failure {
             return Err(CaptureError::Failed(failure.clone()));
+        }
+        if let Some(paging) = &self.post_copy {
+            let shared = paging.shared.clone();
+            if !shared.is_complete() {
+                shared.request_all();
+                let timeout = self.runtime.shared.config.limits.message_timeout;
+                match shared.wait_complete(timeout) {
+                    Ok(()) => {}
+                    Err(WaitCompleteError::TimedOut { missing, waited }) => {
+                        return Err(CaptureError::MemoryIncomplete { missing, waited })
+                    }
+                    Err(WaitCompleteError::Lost(_) | WaitCompleteError::WorkerGone) => {}
+                }
+            }
+            if let Some(failure) = self.check_state_lost() {
+                return Err(CaptureError::Failed(failure));
+            }
         }
         let mut globals = Vec::with_capacity(self.globals.len());
         for (index, global) in &self.globals {
@@ -387,11 +551,29 @@ impl Worker {
 
     fn arm_deadline(&mut self) {
         let ticks = deadline_ticks(&self.runtime.shared.config.limits, &self.runtime);
-        self.store.set_epoch_deadline(ticks);
+        match &mut self.store.data_mut().post_copy {
+            Some(watch) => {
+                watch.ticks_left = ticks;
+                self.store.set_epoch_deadline(1);
+            }
+            None => self.store.set_epoch_deadline(ticks),
+        }
+    }
+
+    /// Fails the worker if its memory's source was lost before the memory was complete.
+    fn check_state_lost(&mut self) -> Option<Failure> {
+        let reason = self.post_copy.as_ref()?.shared.lost_reason()?;
+        let failure = Failure::StateLost { reason };
+        tracing::warn!(module = %hex_prefix(self.module.hash()), "worker failed: {failure}");
+        self.failure = Some(failure.clone());
+        Some(failure)
     }
 
     /// Records why a call failed; the worker takes no more messages after this.
     fn fail(&mut self, error: wasmtime::Error) -> Failure {
+        if let Some(failure) = self.check_state_lost() {
+            return failure;
+        }
         let limits = &self.runtime.shared.config.limits;
         let host = self.store.data();
         let failure = if let Some(requested) = host.limiter.denied_memory {

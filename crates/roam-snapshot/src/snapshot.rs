@@ -290,86 +290,7 @@ impl Snapshot {
         layout: &Layout,
         max_memory: u64,
     ) -> Result<(), IncompatibleSnapshotError> {
-        let manifest = &self.manifest;
-        if manifest.module_hash != layout.module_hash {
-            return Err(IncompatibleSnapshotError::ModuleMismatch {
-                expected: layout.module_hash,
-                found: manifest.module_hash,
-            });
-        }
-        manifest.check_shape()?;
-        if manifest.memory_size > max_memory {
-            return Err(IncompatibleSnapshotError::MemoryTooLarge {
-                memory_size: manifest.memory_size,
-                max: max_memory,
-            });
-        }
-        let pages = manifest.memory_size / u64::from(WASM_PAGE_SIZE);
-        let limits = layout.memory;
-        if pages < limits.min_pages || limits.max_pages.is_some_and(|max| pages > max) {
-            return Err(IncompatibleSnapshotError::MemoryOutsideLimits {
-                pages,
-                min_pages: limits.min_pages,
-                max_pages: limits.max_pages,
-            });
-        }
-
-        if manifest.globals.len() != layout.globals.len() {
-            return Err(IncompatibleSnapshotError::GlobalCount {
-                found: manifest.globals.len(),
-                expected: layout.globals.len(),
-            });
-        }
-        for (index, (value, &expected)) in manifest.globals.iter().zip(&layout.globals).enumerate()
-        {
-            if value.ty() != expected {
-                return Err(IncompatibleSnapshotError::GlobalType {
-                    index,
-                    found: value.ty(),
-                    expected,
-                });
-            }
-            if let GlobalValue::FuncRef(Some(func)) = *value {
-                if func >= layout.func_count {
-                    return Err(IncompatibleSnapshotError::GlobalFunction {
-                        index,
-                        func,
-                        func_count: layout.func_count,
-                    });
-                }
-            }
-        }
-
-        if manifest.tables.len() != layout.tables.len() {
-            return Err(IncompatibleSnapshotError::TableCount {
-                found: manifest.tables.len(),
-                expected: layout.tables.len(),
-            });
-        }
-        for (table, (state, limits)) in manifest.tables.iter().zip(&layout.tables).enumerate() {
-            let size = state.elements.len() as u64;
-            if size < limits.min || limits.max.is_some_and(|max| size > max) {
-                return Err(IncompatibleSnapshotError::TableSize {
-                    table,
-                    size,
-                    min: limits.min,
-                    max: limits.max,
-                });
-            }
-            let bad = state
-                .elements
-                .iter()
-                .position(|e| e.is_some_and(|func| func >= layout.func_count));
-            if let Some(slot) = bad {
-                return Err(IncompatibleSnapshotError::TableFunction {
-                    table,
-                    slot,
-                    func: state.elements[slot].unwrap_or_default(),
-                    func_count: layout.func_count,
-                });
-            }
-        }
-        Ok(())
+        self.manifest.check_against(layout, max_memory)
     }
 
     /// Writes every chunk into `memory`, whose length must be the snapshot's memory size,
@@ -448,6 +369,98 @@ impl Snapshot {
                     self.bodies[position].decompress_into(&mut memory[start..start + size])?;
                     written[position] = Some(start);
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// Checks that a snapshot with this manifest can be restored into an instance of the
+    /// module described by `layout`, as [`Snapshot::check_against`] does; for a restore
+    /// that starts before the chunk bodies have all arrived (post-copy).
+    pub fn check_against(
+        &self,
+        layout: &Layout,
+        max_memory: u64,
+    ) -> Result<(), IncompatibleSnapshotError> {
+        let manifest = self;
+        if manifest.module_hash != layout.module_hash {
+            return Err(IncompatibleSnapshotError::ModuleMismatch {
+                expected: layout.module_hash,
+                found: manifest.module_hash,
+            });
+        }
+        manifest.check_shape()?;
+        if manifest.memory_size > max_memory {
+            return Err(IncompatibleSnapshotError::MemoryTooLarge {
+                memory_size: manifest.memory_size,
+                max: max_memory,
+            });
+        }
+        let pages = manifest.memory_size / u64::from(WASM_PAGE_SIZE);
+        let limits = layout.memory;
+        if pages < limits.min_pages || limits.max_pages.is_some_and(|max| pages > max) {
+            return Err(IncompatibleSnapshotError::MemoryOutsideLimits {
+                pages,
+                min_pages: limits.min_pages,
+                max_pages: limits.max_pages,
+            });
+        }
+
+        if manifest.globals.len() != layout.globals.len() {
+            return Err(IncompatibleSnapshotError::GlobalCount {
+                found: manifest.globals.len(),
+                expected: layout.globals.len(),
+            });
+        }
+        for (index, (value, &expected)) in manifest.globals.iter().zip(&layout.globals).enumerate()
+        {
+            if value.ty() != expected {
+                return Err(IncompatibleSnapshotError::GlobalType {
+                    index,
+                    found: value.ty(),
+                    expected,
+                });
+            }
+            if let GlobalValue::FuncRef(Some(func)) = *value {
+                if func >= layout.func_count {
+                    return Err(IncompatibleSnapshotError::GlobalFunction {
+                        index,
+                        func,
+                        func_count: layout.func_count,
+                    });
+                }
+            }
+        }
+
+        if manifest.tables.len() != layout.tables.len() {
+            return Err(IncompatibleSnapshotError::TableCount {
+                found: manifest.tables.len(),
+                expected: layout.tables.len(),
+            });
+        }
+        for (table, (state, limits)) in manifest.tables.iter().zip(&layout.tables).enumerate() {
+            let size = state.elements.len() as u64;
+            if size < limits.min || limits.max.is_some_and(|max| size > max) {
+                return Err(IncompatibleSnapshotError::TableSize {
+                    table,
+                    size,
+                    min: limits.min,
+                    max: limits.max,
+                });
+            }
+            let bad = state
+                .elements
+                .iter()
+                .position(|e| e.is_some_and(|func| func >= layout.func_count));
+            if let Some(slot) = bad {
+                return Err(IncompatibleSnapshotError::TableFunction {
+                    table,
+                    slot,
+                    func: state.elements[slot].unwrap_or_default(),
+                    func_count: layout.func_count,
+                });
             }
         }
         Ok(())

@@ -5,6 +5,7 @@ mod capture_restore;
 mod host_calls;
 mod limits;
 mod loading;
+mod post_copy;
 
 use std::time::Duration;
 
