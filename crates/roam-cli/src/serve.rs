@@ -56,6 +56,16 @@ pub struct ServeArgs {
     /// The URL other nodes and clients reach this node at (default: ws://ADDR as bound).
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Pre-copy stops when the chunks changed since the last round would cross the link
+    /// within this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub downtime_target_ms: u64,
+    /// Most pre-copy rounds after the first; 0 moves workers stop-and-copy.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub precopy_rounds: u32,
+    /// MiB of chunk bodies kept so that transfers send only what this node lacks.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    pub chunk_store_mib: usize,
 }
 
 /// Reads a cluster key file: its bytes, without trailing whitespace (so `echo` works).
@@ -106,6 +116,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.cluster_key = cluster_key;
         config.cloud = args.cloud.clone();
         config.location = args.location.clone();
+        config.precopy.downtime_target = std::time::Duration::from_millis(args.downtime_target_ms);
+        config.precopy.max_rounds = args.precopy_rounds;
+        config.chunk_store_bytes = args.chunk_store_mib << 20;
         if let Some(name) = &args.name {
             config.name = name.clone();
         }
