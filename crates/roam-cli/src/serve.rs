@@ -56,6 +56,24 @@ pub struct ServeArgs {
     /// The URL other nodes and clients reach this node at (default: ws://ADDR as bound).
     #[arg(long, value_name = "URL")]
     pub public_url: Option<String>,
+    /// Dial another node through a different URL (a proxy, a tunnel, an emulated link):
+    /// `--route ws://B:7002=ws://127.0.0.1:9002`. Repeatable. The node is still named by
+    /// its own URL; only where this node's connections to it go changes.
+    #[arg(long = "route", value_name = "URL=URL", value_parser = parse_route)]
+    pub routes: Vec<(String, String)>,
+}
+
+/// Parses `FROM=TO`, two WebSocket URLs.
+fn parse_route(text: &str) -> Result<(String, String), String> {
+    let (from, to) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not URL=URL"))?;
+    for url in [from, to] {
+        if !url.starts_with("ws://") && !url.starts_with("wss://") {
+            return Err(format!("`{url}` in `{text}` is not a ws:// URL"));
+        }
+    }
+    Ok((from.to_string(), to.to_string()))
 }
 
 /// Reads a cluster key file: its bytes, without trailing whitespace (so `echo` works).
@@ -106,6 +124,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.cluster_key = cluster_key;
         config.cloud = args.cloud.clone();
         config.location = args.location.clone();
+        config.routes = args.routes.iter().cloned().collect();
         if let Some(name) = &args.name {
             config.name = name.clone();
         }

@@ -16,7 +16,7 @@
 //! only on its messages, the application cannot tell. `docs/protocol.md` states the
 //! guarantee.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,10 @@ pub struct WorkerOptions {
     /// the recovery point is given up (with a warning) until the worker's state next
     /// passes through the client.
     pub recovery_bytes: usize,
+    /// Dial routes: a node's URL → the URL to connect to instead (a proxy, a tunnel, an
+    /// emulated link). The node is still named by its own URL ([`WorkerHandle::place`],
+    /// moves, `Pull`); only where the socket connects changes.
+    pub routes: BTreeMap<String, String>,
 }
 
 impl Default for WorkerOptions {
@@ -132,6 +136,7 @@ impl Default for WorkerOptions {
             client_name: "roam-client".into(),
             runtime: RuntimeConfig::default(),
             recovery_bytes: 256 << 20,
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -516,7 +521,7 @@ impl WorkerHandle {
         let snapshot = worker
             .capture()
             .map_err(|e| ClientError::Local(e.to_string()))?;
-        let mut conn = Connection::open(url, &self.options.client_name).await?;
+        let mut conn = Connection::open(url, &self.options).await?;
         let last_seq = send_state(&mut conn, self.id, &self.owner, &self.module, &snapshot).await?;
         self.recovery = Some(Recovery {
             snapshot,
@@ -586,7 +591,7 @@ impl WorkerHandle {
             }
         };
         let (source, spent) = spent;
-        let mut relay = Connection::open(cloud, &self.options.client_name).await?;
+        let mut relay = Connection::open(cloud, &self.options).await?;
         relay
             .send(&Frame::Pull {
                 worker: self.id,
@@ -670,7 +675,7 @@ impl WorkerHandle {
 
     /// Attaches at the node that now holds the worker and replays what it has not handled.
     async fn attach(&mut self, url: &str, last_seq: u64) -> Result<(u64, u64), ClientError> {
-        let mut conn = Connection::open(url, &self.options.client_name).await?;
+        let mut conn = Connection::open(url, &self.options).await?;
         conn.send(&Frame::Attach {
             worker: self.id,
             secret: self.secret,
