@@ -2,7 +2,7 @@
 //!
 //! - `demo`: sets up what is missing and runs the physics worker through capture/restore cycles;
 //! - `test`: sets up what is missing and runs every test (what CI runs);
-//! - `bench core|moves`: a benchmark, written to `bench/results/`;
+//! - `bench core|moves|paper`: a benchmark, written to `bench/results/`;
 //! - `fuzz [TARGET] [SECONDS]`: runs the cargo-fuzz targets (not part of CI);
 //! - `build-workers`: builds the example workers into `target/workers/`.
 //!
@@ -29,7 +29,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&rest),
         Some("fuzz") => fuzz(&rest),
         _ => bail!(
-            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
+            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  bench paper [--quick]\n                  the SoCC 2019 evaluation on emulated links (bench/results/paper.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
         ),
     }
 }
@@ -68,7 +68,9 @@ fn cargo() -> Command {
 fn roam_binary() -> Result<PathBuf> {
     step("building roam (release)");
     run(cargo().args(["build", "--release", "-p", "roam-cli"]))?;
-    Ok(root().join("target/release/roam"))
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root().join("target"), |dir| root().join(dir));
+    Ok(target.join("release/roam"))
 }
 
 fn test() -> Result<()> {
@@ -148,8 +150,8 @@ fn demo() -> Result<()> {
 
 fn bench(args: &[&str]) -> Result<()> {
     let which = args.first().copied().unwrap_or("core");
-    if !["core", "moves"].contains(&which) {
-        bail!("unknown benchmark `{which}` (known: core, moves)");
+    if !["core", "moves", "paper"].contains(&which) {
+        bail!("unknown benchmark `{which}` (known: core, moves, paper)");
     }
     workers::build()?;
     let roam = roam_binary()?;
@@ -160,7 +162,8 @@ fn bench(args: &[&str]) -> Result<()> {
         .args(["bench", which, "--workers"])
         .arg(root().join("target/workers"))
         .arg("--out")
-        .arg(&results))
+        .arg(&results)
+        .args(&args[1..]))
 }
 
 fn fuzz(args: &[&str]) -> Result<()> {

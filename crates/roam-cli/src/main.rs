@@ -92,7 +92,7 @@ enum Command {
     /// Run a benchmark and write its results.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["core", "moves"])]
+        #[arg(value_parser = ["core", "moves", "paper"])]
         which: String,
         /// Where the example workers are.
         #[arg(long, default_value = "target/workers")]
@@ -100,6 +100,12 @@ enum Command {
         /// Where to write the results (JSON and markdown).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// (paper) A smoke run of a few seconds: faster links, small scenes, one run each.
+        #[arg(long)]
+        quick: bool,
+        /// (paper) Runs per application, memory size and scene size.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Run an edge or cloud node that hosts workers for clients.
     Serve(roam_cli::serve::ServeArgs),
@@ -248,8 +254,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             which,
             workers,
             out,
+            quick,
+            runs,
         } => {
-            if which == "moves" {
+            if which == "paper" {
+                let roam = std::env::current_exe()?;
+                let options = roam_cli::bench_paper::PaperOptions { quick, runs };
+                let results = roam_cli::bench_paper::paper(&roam, &workers, &out, &options)?;
+                print!("{}", roam_cli::bench_paper::markdown(&results));
+            } else if which == "moves" {
                 let roam = std::env::current_exe()?;
                 let results = roam_cli::bench_moves::moves(&roam, &workers, &out)?;
                 print!("{}", roam_cli::bench_moves::markdown(&results));

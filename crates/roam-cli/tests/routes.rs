@@ -2,17 +2,23 @@
 //! between two `roam serve` processes whose routes point through `roam-link` proxies
 //! crosses those proxies, and every node and the client still go by their own URLs.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use roam_cli::workloads::{counter_expected, counter_messages};
 use roam_client::{MoveKind, Place, WorkerHandle, WorkerOptions};
 use roam_link::{Link, LinkSpec};
-use support::worker;
+
+/// An example worker, which `cargo xtask build-workers` builds (or `ROAM_WORKERS_DIR`).
+fn worker(name: &str) -> PathBuf {
+    std::env::var_os("ROAM_WORKERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/workers"))
+        .join(format!("{name}.wasm"))
+}
 
 /// A `roam serve --role edge` process on a chosen port, killed when dropped.
 struct Edge {
