@@ -92,7 +92,7 @@ enum Command {
     /// Run a benchmark and write its results.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["core", "moves", "alloc"])]
+        #[arg(value_parser = ["core", "moves", "alloc", "paper"])]
         which: String,
         /// Where the example workers are.
         #[arg(long, default_value = "target/workers")]
@@ -103,6 +103,12 @@ enum Command {
         /// Where to write the results (JSON and markdown).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// (paper) A smoke run of a few seconds: faster links, small scenes, one run each.
+        #[arg(long)]
+        quick: bool,
+        /// (paper) Runs per application, memory size and scene size.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Run an edge or cloud node that hosts workers for clients.
     Serve(roam_cli::serve::ServeArgs),
@@ -252,10 +258,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             without_zeroing,
             out,
+            quick,
+            runs,
         } => {
             if let Some(without) = without_zeroing.filter(|_| which == "alloc") {
                 let results = roam_cli::bench_alloc::alloc(&workers, &without, &out)?;
                 print!("{}", roam_cli::bench_alloc::markdown(&results));
+            } else if which == "paper" {
+                let roam = std::env::current_exe()?;
+                let options = roam_cli::bench_paper::PaperOptions { quick, runs };
+                let results = roam_cli::bench_paper::paper(&roam, &workers, &out, &options)?;
+                print!("{}", roam_cli::bench_paper::markdown(&results));
             } else if which == "moves" {
                 let roam = std::env::current_exe()?;
                 let results = roam_cli::bench_moves::moves(&roam, &workers, &out)?;

@@ -66,6 +66,24 @@ pub struct ServeArgs {
     /// MiB of chunk bodies kept so that transfers send only what this node lacks.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub chunk_store_mib: usize,
+    /// Dial another node through a different URL (a proxy, a tunnel, an emulated link):
+    /// `--route ws://B:7002=ws://127.0.0.1:9002`. Repeatable. The node is still named by
+    /// its own URL; only where this node's connections to it go changes.
+    #[arg(long = "route", value_name = "URL=URL", value_parser = parse_route)]
+    pub routes: Vec<(String, String)>,
+}
+
+/// Parses `FROM=TO`, two WebSocket URLs.
+fn parse_route(text: &str) -> Result<(String, String), String> {
+    let (from, to) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not URL=URL"))?;
+    for url in [from, to] {
+        if !url.starts_with("ws://") && !url.starts_with("wss://") {
+            return Err(format!("`{url}` in `{text}` is not a ws:// URL"));
+        }
+    }
+    Ok((from.to_string(), to.to_string()))
 }
 
 /// Reads a cluster key file: its bytes, without trailing whitespace (so `echo` works).
@@ -119,6 +137,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.precopy.downtime_target = std::time::Duration::from_millis(args.downtime_target_ms);
         config.precopy.max_rounds = args.precopy_rounds;
         config.chunk_store_bytes = args.chunk_store_mib << 20;
+        config.routes = args.routes.iter().cloned().collect();
         if let Some(name) = &args.name {
             config.name = name.clone();
         }

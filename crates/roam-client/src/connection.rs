@@ -1,6 +1,8 @@
 //! One WebSocket connection to a node, checked frame by frame by the protocol's
 //! [`ClientSession`] state machine.
 
+use std::collections::BTreeMap;
+
 use futures_util::{SinkExt, StreamExt};
 use roam_proto::{ClientSession, Frame, FrameLimits, PeerKind};
 use tokio::net::TcpStream;
@@ -8,6 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::error::ClientError;
+use crate::worker::WorkerOptions;
 
 /// A connection to a node after the Hello/Welcome exchange.
 pub(crate) struct Connection {
@@ -21,15 +24,15 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects and negotiates the protocol version.
-    pub async fn open(url: &str, name: &str) -> Result<Connection, ClientError> {
-        let (ws, _) =
-            tokio_tungstenite::connect_async(url)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    url: url.to_string(),
-                    reason: e.to_string(),
-                })?;
+    /// Connects to the node at `url` (through its route in `options`, if it has one) and
+    /// negotiates the protocol version.
+    pub async fn open(url: &str, options: &WorkerOptions) -> Result<Connection, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async(dial_url(&options.routes, url))
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         let mut conn = Connection {
             url: url.to_string(),
             ws,
@@ -38,7 +41,7 @@ impl Connection {
             bytes_out: 0,
             bytes_in: 0,
         };
-        let hello = ClientSession::hello(PeerKind::Client, name);
+        let hello = ClientSession::hello(PeerKind::Client, &options.client_name);
         conn.send(&hello).await?;
         match conn.recv().await? {
             Frame::Welcome { .. } => Ok(conn),
@@ -129,4 +132,14 @@ impl Connection {
             reason,
         }
     }
+}
+
+/// Where to connect to reach the node at `url`: its route in `routes` (a trailing `/` does
+/// not matter), or `url` itself.
+fn dial_url<'a>(routes: &'a BTreeMap<String, String>, url: &'a str) -> &'a str {
+    let key = url.trim_end_matches('/');
+    routes
+        .iter()
+        .find(|(from, _)| from.trim_end_matches('/') == key)
+        .map_or(url, |(_, to)| to.as_str())
 }

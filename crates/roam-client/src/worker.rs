@@ -16,7 +16,7 @@
 //! only on its messages, the application cannot tell. `docs/protocol.md` states the
 //! guarantee.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,10 @@ pub struct WorkerOptions {
     /// Most pre-copy rounds of an offload after the first; 0 sends the state once with
     /// the worker paused. Default 8.
     pub precopy_rounds: u32,
+    /// Dial routes: a node's URL → the URL to connect to instead (a proxy, a tunnel, an
+    /// emulated link). The node is still named by its own URL ([`WorkerHandle::place`],
+    /// moves, `Pull`); only where the socket connects changes.
+    pub routes: BTreeMap<String, String>,
 }
 
 impl Default for WorkerOptions {
@@ -140,6 +144,7 @@ impl Default for WorkerOptions {
             recovery_bytes: 256 << 20,
             downtime_target: Duration::from_millis(20),
             precopy_rounds: 8,
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -771,7 +776,7 @@ impl WorkerHandle {
         let manifest = first.manifest.clone();
         let task = tokio::spawn(send_rounds(
             url.to_string(),
-            self.options.client_name.clone(),
+            self.options.clone(),
             self.id,
             self.owner,
             self.module.clone(),
@@ -965,13 +970,13 @@ impl WorkerHandle {
             destination: url.to_string(),
         })
         .await?;
-        let (next_url, name) = (url.to_string(), self.options.client_name.clone());
+        let (next_url, options) = (url.to_string(), self.options.clone());
         self.handoff = Some(PendingHandoff {
             from,
             to: url.to_string(),
             started: Instant::now(),
             bytes_before,
-            next: tokio::spawn(async move { Connection::open(&next_url, &name).await }),
+            next: tokio::spawn(async move { Connection::open(&next_url, &options).await }),
         });
         Ok(())
     }
@@ -994,7 +999,7 @@ impl WorkerHandle {
         let conn = match pending.next.await {
             Ok(Ok(conn)) => conn,
             // Opening it early failed (or was not possible): once more, now.
-            _ => Connection::open(&pending.to, &self.options.client_name).await?,
+            _ => Connection::open(&pending.to, &self.options).await?,
         };
         let (bytes, replayed) = self.attach_on(conn, last_seq).await?;
         Ok(Some(MoveReport {
@@ -1030,7 +1035,7 @@ impl WorkerHandle {
             }
         };
         let (source, spent) = spent;
-        let mut relay = Connection::open(cloud, &self.options.client_name).await?;
+        let mut relay = Connection::open(cloud, &self.options).await?;
         relay
             .send(&Frame::Pull {
                 worker: self.id,
@@ -1084,13 +1089,13 @@ impl WorkerHandle {
         };
         let url = conn.url().to_string();
         let (worker, secret) = (self.id, self.secret);
-        let name = self.options.client_name.clone();
+        let options = self.options.clone();
         let module_hash = *self.module.hash();
         // The chunks of the snapshot this client offloaded that did not change need not
         // travel back.
         let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
         let task = tokio::spawn(async move {
-            let mut conn = Connection::open(&url, &name).await?;
+            let mut conn = Connection::open(&url, &options).await?;
             conn.send(&Frame::Attach { worker, secret }).await?;
             match conn.recv().await? {
                 Frame::Attached { .. } => {}
@@ -1192,7 +1197,7 @@ impl WorkerHandle {
 
     /// Attaches at the node that now holds the worker and replays what it has not handled.
     async fn attach(&mut self, url: &str, last_seq: u64) -> Result<(u64, u64), ClientError> {
-        let conn = Connection::open(url, &self.options.client_name).await?;
+        let conn = Connection::open(url, &self.options).await?;
         self.attach_on(conn, last_seq).await
     }
 
@@ -1260,7 +1265,7 @@ async fn drain_connection(
 #[allow(clippy::too_many_arguments)]
 async fn send_rounds(
     url: String,
-    name: String,
+    options: WorkerOptions,
     worker: WorkerId,
     owner: [u8; 32],
     module: Arc<WorkerModule>,
@@ -1269,7 +1274,7 @@ async fn send_rounds(
     mut rounds: tokio::sync::mpsc::UnboundedReceiver<OffloadRound>,
     delivered: tokio::sync::mpsc::UnboundedSender<f64>,
 ) -> Result<Offloaded, ClientError> {
-    let mut conn = Connection::open(&url, &name).await?;
+    let mut conn = Connection::open(&url, &options).await?;
     let started = Instant::now();
     let module_bytes = module.bytes();
     conn.send(&Frame::StateBegin {

@@ -1,6 +1,7 @@
 //! How a node is set up: its role, where it is reached, where it keeps its files, the key
 //! it shares with the other nodes of its cluster, and the caps it enforces.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use roam_proto::FrameLimits;
@@ -46,6 +47,10 @@ pub struct NodeConfig {
     pub chunk_store_bytes: usize,
     /// When pre-copy stops, for workers this node sends while they run.
     pub precopy: PrecopySettings,
+    /// Dial routes: a node's URL → the URL this node connects to instead (a proxy, a
+    /// tunnel, an emulated link). Only where the socket connects changes: the node is
+    /// still named by its own URL in move tokens, `Moved` frames and the registry.
+    pub routes: BTreeMap<String, String>,
 }
 
 impl NodeConfig {
@@ -70,6 +75,7 @@ impl NodeConfig {
             max_connections: 1024,
             chunk_store_bytes: DEFAULT_CHUNK_STORE_BYTES,
             precopy: PrecopySettings::default(),
+            routes: BTreeMap::new(),
         }
     }
 
@@ -78,8 +84,44 @@ impl NodeConfig {
         self.cluster_key.is_none()
     }
 
+    /// Where to connect to reach the node at `url`: its route, if it has one, else `url`.
+    pub fn dial_url<'a>(&'a self, url: &'a str) -> &'a str {
+        route(&self.routes, url)
+    }
+
     /// The key move tokens are signed and verified with.
     pub fn token_key(&self) -> &[u8] {
         self.cluster_key.as_deref().unwrap_or(DEV_CLUSTER_KEY)
+    }
+}
+
+/// The route for `url` in `routes` (a trailing `/` does not matter), or `url` itself.
+fn route<'a>(routes: &'a BTreeMap<String, String>, url: &'a str) -> &'a str {
+    let key = url.trim_end_matches('/');
+    routes
+        .iter()
+        .find(|(from, _)| from.trim_end_matches('/') == key)
+        .map_or(url, |(_, to)| to.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_changes_where_a_node_dials_not_what_it_is_called() {
+        let mut config = NodeConfig::new(NodeRole::Edge, "ws://127.0.0.1:7001", "/tmp/x");
+        config
+            .routes
+            .insert("ws://127.0.0.1:7002".into(), "ws://127.0.0.1:9002".into());
+        assert_eq!(
+            config.dial_url("ws://127.0.0.1:7002/"),
+            "ws://127.0.0.1:9002"
+        );
+        assert_eq!(
+            config.dial_url("ws://127.0.0.1:7003"),
+            "ws://127.0.0.1:7003"
+        );
+        assert_eq!(config.public_url, "ws://127.0.0.1:7001");
     }
 }

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 
 /// What arrived on a WebSocket.
@@ -326,23 +327,24 @@ pub(crate) enum ConnectError {
     },
 }
 
-/// Opens a link to the node at `url` as a node peer, and completes the handshake.
+/// Opens a link to the node at `url` as a node peer (through the route `config` gives
+/// for it, if any), and completes the handshake.
 pub(crate) async fn connect(
     url: &str,
-    name: &str,
-    limits: FrameLimits,
+    config: &NodeConfig,
     metrics: Arc<Metrics>,
 ) -> Result<Link<ClientSocket, ClientSession>, ConnectError> {
+    let (name, limits) = (config.name.as_str(), config.frame_limits);
     let unreachable = |reason: String| ConnectError::Unreachable {
         url: url.to_owned(),
         reason,
     };
-    let config = WebSocketConfig::default()
+    let socket = WebSocketConfig::default()
         .max_message_size(Some(socket_limit(&limits)))
         .max_frame_size(Some(socket_limit(&limits)));
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async_with_config(url, Some(config), true),
+        tokio_tungstenite::connect_async_with_config(config.dial_url(url), Some(socket), true),
     )
     .await
     .map_err(|_| unreachable("no answer within 10 s".into()))?

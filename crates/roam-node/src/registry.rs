@@ -119,14 +119,9 @@ pub(crate) async fn keep_registered(
 
 /// One registry connection: Register, then heartbeats, until it fails.
 async fn stay_registered(node: &Node, cloud: &str) -> Result<(), String> {
-    let mut link = connect(
-        cloud,
-        &node.config.name,
-        node.config.frame_limits,
-        node.metrics.clone(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut link = connect(cloud, &node.config, node.metrics.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     link.send(Frame::Register(registration(node)))
         .await
         .map_err(|e| e.to_string())?;

@@ -471,13 +471,7 @@ impl MoveError {
 
 /// Sends `package` to the node at `destination` with a move token from `source`.
 async fn forward(node: &Node, package: &Package, destination: &str) -> Result<u64, MoveError> {
-    let mut link = connect(
-        destination,
-        &node.config.name,
-        node.config.frame_limits,
-        node.metrics.clone(),
-    )
-    .await?;
+    let mut link = connect(destination, &node.config, node.metrics.clone()).await?;
     let token = MoveToken::issue(
         node.config.token_key(),
         package.worker,
@@ -547,13 +541,7 @@ async fn forward_live(
     worker: WorkerId,
     destination: &str,
 ) -> Result<(u64, PrecopyReport), MoveError> {
-    let mut link = connect(
-        destination,
-        &node.config.name,
-        node.config.frame_limits,
-        node.metrics.clone(),
-    )
-    .await?;
+    let mut link = connect(destination, &node.config, node.metrics.clone()).await?;
     let token = MoveToken::issue(
         node.config.token_key(),
         worker,
@@ -630,13 +618,7 @@ async fn pull_inner(
     source: &str,
     destination: &str,
 ) -> Result<u64, MoveError> {
-    let mut from = connect(
-        source,
-        &node.config.name,
-        node.config.frame_limits,
-        node.metrics.clone(),
-    )
-    .await?;
+    let mut from = connect(source, &node.config, node.metrics.clone()).await?;
     let result = pull_from(node, &mut from, worker, secret, destination).await;
     if !from.machine.is_closed() {
         let _ = from
