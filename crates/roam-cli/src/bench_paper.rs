@@ -480,7 +480,7 @@ pub fn paper(
         topo.url(Site::EdgeA),
         cubes,
         if options.quick { 1 } else { runs },
-        frame_rate::seconds(options.quick).as_secs_f64(),
+        frame_rate::frames(options.quick),
         &say,
     )?;
     let links = LinkRowList::from(&topo);

@@ -2,7 +2,7 @@
 //! edge A over the device ↔ edge link with a window of frames in flight. One frame is one
 //! step message; frames per second are replies per second as the application receives them.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use roam_client::{Place, WorkerHandle, WorkerOptions};
@@ -17,7 +17,11 @@ pub const DEVICE_SHARE: f64 = 0.25;
 /// Frames in flight when offloaded.
 pub const WINDOW: usize = 8;
 /// Frames before the timed ones, at each place.
-const WARMUP_FRAMES: usize = 5;
+pub const WARMUP_FRAMES: usize = 30;
+/// Frames timed per run: two seconds of simulated time. A fixed count, not a fixed time,
+/// so both places simulate the same steps: cubes that have come to rest fall asleep and
+/// cost next to nothing, and a faster place would otherwise reach them sooner.
+pub const FRAMES: u64 = 120;
 
 /// The frame rate for one scene size.
 #[derive(Serialize, Clone, Debug)]
@@ -43,33 +47,29 @@ pub struct FrameRate {
     pub device: String,
     /// Frames in flight when offloaded.
     pub window: usize,
-    /// How long each run counted frames, s.
-    pub seconds: f64,
+    /// Frames timed per run.
+    pub frames: u64,
     /// One row per scene size.
     pub rows: Vec<FrameRateRow>,
 }
 
-/// Frames per second of `handle` stepping for `seconds`, a window of frames in flight.
-async fn frames_per_second(handle: &mut WorkerHandle, seconds: f64) -> Result<(f64, u64)> {
+/// Frames per second of `handle` over `frames` steps, a window of frames in flight.
+async fn frames_per_second(handle: &mut WorkerHandle, frames: u64) -> Result<(f64, u64)> {
     let step = physics_step(1);
     for _ in 0..WARMUP_FRAMES {
         handle.post(step.clone()).await?;
     }
     while handle.next_reply().await?.is_some() {}
     let started = Instant::now();
-    let mut frames = 0u64;
     let mut reply_bytes = 0;
-    while started.elapsed().as_secs_f64() < seconds {
+    for _ in 0..frames {
         handle.post(step.clone()).await?;
-        for reply in handle.take_replies() {
-            frames += 1;
-            reply_bytes = reply.payload.len() as u64;
-        }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    // Frames still in flight are not counted: only what the application received in time.
-    while handle.next_reply().await?.is_some() {}
-    Ok((frames as f64 / elapsed, reply_bytes))
+    while let Some(reply) = handle.next_reply().await? {
+        reply_bytes = reply.payload.len() as u64;
+    }
+    // From the first step posted to the last reply received.
+    Ok((frames as f64 / started.elapsed().as_secs_f64(), reply_bytes))
 }
 
 /// One run: a fresh worker with `cubes` cubes, on the device or on `edge`.
@@ -78,7 +78,7 @@ async fn run_once(
     options: &WorkerOptions,
     cubes: u32,
     edge: Option<&str>,
-    seconds: f64,
+    frames: u64,
 ) -> Result<(f64, u64)> {
     let mut handle = WorkerHandle::start(physics, options.clone())?;
     if let Some(edge) = edge {
@@ -87,7 +87,7 @@ async fn run_once(
     }
     handle.post(physics_init(cubes, 7)).await?;
     while handle.next_reply().await?.is_some() {}
-    frames_per_second(&mut handle, seconds).await
+    frames_per_second(&mut handle, frames).await
 }
 
 /// Measures every scene size, `runs` times each, on a thread slowed to [`DEVICE_SHARE`].
@@ -97,7 +97,7 @@ pub fn measure(
     edge: &str,
     cubes: &[u32],
     runs: usize,
-    seconds: f64,
+    frames: u64,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<FrameRate> {
     let options = WorkerOptions {
@@ -125,11 +125,11 @@ pub fn measure(
                     let mut reply_bytes = 0;
                     for _ in 0..runs {
                         let (fps, bytes) =
-                            rt.block_on(run_once(physics, &options, n, None, seconds))?;
+                            rt.block_on(run_once(physics, &options, n, None, frames))?;
                         local_runs.push(fps);
                         reply_bytes = bytes;
                         let (fps, _) =
-                            rt.block_on(run_once(physics, &options, n, Some(edge), seconds))?;
+                            rt.block_on(run_once(physics, &options, n, Some(edge), frames))?;
                         offloaded_runs.push(fps);
                     }
                     let row = FrameRateRow {
@@ -150,7 +150,7 @@ pub fn measure(
                 Ok(FrameRate {
                     device,
                     window: WINDOW,
-                    seconds,
+                    frames,
                     rows,
                 })
             })
@@ -166,11 +166,11 @@ pub const PAPER_FPS: (f64, f64) = (30.0, 60.0);
 /// A frame-rate target's threshold: offloaded physics at 1,000 cubes.
 pub const TARGET_FPS: f64 = 60.0;
 
-/// How long each run counts frames.
-pub fn seconds(quick: bool) -> Duration {
+/// Frames timed per run.
+pub fn frames(quick: bool) -> u64 {
     if quick {
-        Duration::from_millis(300)
+        20
     } else {
-        Duration::from_secs(2)
+        FRAMES
     }
 }

@@ -222,8 +222,11 @@ pub fn markdown(r: &PaperResults) -> String {
     let fr = &r.frame_rate;
     let _ = writeln!(
         s,
-        "\n## Physics frame rate\n\nDevice: {}. Offloaded: to edge A over the device ↔ edge link, {} frames in flight. Frames per second = replies per second the application received, over {:.1} s per run after a warm-up; medians. The paper's server handled about 1,000 cubes at 30–60 frames/s.\n\n| cubes | reply | on the device | offloaded | offloaded / device |\n|---|---|---|---|---|",
-        fr.device, fr.window, fr.seconds
+        "\n## Physics frame rate\n\nDevice: {}. Offloaded: to edge A over the device ↔ edge link, {} frames in flight. Frames per second = {} frames (steps of 1/60 s) divided by the time from posting the first to receiving the last reply, after {} warm-up frames; medians of the runs. The paper's server handled about 1,000 cubes at 30–60 frames/s.\n\n| cubes | reply | on the device | offloaded | offloaded / device |\n|---|---|---|---|---|",
+        fr.device,
+        fr.window,
+        fr.frames,
+        super::frame_rate::WARMUP_FRAMES
     );
     for row in &fr.rows {
         let _ = writeln!(
