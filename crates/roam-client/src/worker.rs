@@ -356,6 +356,9 @@ impl WorkerHandle {
         self.send_logged(seq).await?;
         if self.offloading.is_some() {
             self.drive_offload()?;
+            // The task sending the rounds shares the runtime (maybe its only thread) with
+            // an application that handles messages here without waiting on anything.
+            tokio::task::yield_now().await;
         }
         Ok(seq)
     }
