@@ -595,6 +595,17 @@ impl WorkerHandle {
     /// Handles Reply, Handled and WorkerFailed; returns any other frame to the caller.
     fn on_message_frame(&mut self, frame: Frame) -> Result<Option<Frame>, ClientError> {
         Ok(match frame {
+            // The answer to an Attach whose replay went out without waiting for it.
+            Frame::Attached { last_seq, .. } => {
+                if last_seq > self.delivered {
+                    tracing::debug!(
+                        last_seq,
+                        delivered = self.delivered,
+                        "the node had handled more than the move reported"
+                    );
+                }
+                None
+            }
             Frame::Reply { seq, payload, .. } => {
                 // A message replayed after a move may repeat replies already delivered.
                 if seq > self.delivered {
@@ -1210,25 +1221,19 @@ impl WorkerHandle {
         mut conn: Connection,
         last_seq: u64,
     ) -> Result<(u64, u64), ClientError> {
+        // The move's own report (Moved, from the destination's StateAdopted) says which
+        // message the state handled last: the replay follows the Attach at once, without
+        // waiting a round trip for Attached, which the node answers first all the same.
         conn.send(&Frame::Attach {
             worker: self.id,
             secret: self.secret,
         })
         .await?;
-        let attached = match conn.recv().await? {
-            Frame::Attached { last_seq, .. } => last_seq,
-            other => return Err(conn.unexpected(&other, "Attached")),
-        };
-        if attached != last_seq {
-            tracing::debug!(
-                "the node reports message {attached} handled; the move said {last_seq}"
-            );
-        }
         let bytes = conn.bytes_in + conn.bytes_out;
         self.placement = Placement::Remote(Box::new(conn));
         self.in_flight = 0;
         self.sent_through = self.delivered;
-        let replayed = self.replay_after(attached).await?;
+        let replayed = self.replay_after(last_seq).await?;
         Ok((bytes, replayed))
     }
 
