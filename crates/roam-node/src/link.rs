@@ -41,17 +41,83 @@ pub(crate) trait Wire: Send {
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-impl Wire for axum::extract::ws::WebSocket {
+/// Most bytes an accepted connection keeps queued for its writer before a send waits.
+const WRITE_BUDGET: usize = 64 << 20;
+
+/// The accepted side of a WebSocket, read here and written by a task of its own: a peer
+/// that sends a large message while this side sends one too (a client posting a picture
+/// while the node sends it the last one's reply) would otherwise find both sides blocked
+/// writing, neither reading. Up to [`WRITE_BUDGET`] bytes wait for the writer; past that a
+/// send waits, which still leaves the reading side free.
+pub(crate) struct ServerWire {
+    reader: futures_util::stream::SplitStream<axum::extract::ws::WebSocket>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
+    budget: Arc<tokio::sync::Semaphore>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Why the writer stopped, once it has.
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// A message for the writer, with the part of the budget it holds until written.
+type Outgoing = (
+    axum::extract::ws::Message,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+impl ServerWire {
+    pub(crate) fn new(socket: axum::extract::ws::WebSocket) -> ServerWire {
+        let (mut sink, reader) = socket.split();
+        let (writer, mut queue) = tokio::sync::mpsc::unbounded_channel::<Outgoing>();
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let task_failed = failed.clone();
+        let task = tokio::spawn(async move {
+            while let Some((message, permit)) = queue.recv().await {
+                let closing = matches!(message, axum::extract::ws::Message::Close(_));
+                if let Err(e) = sink.send(message).await {
+                    *task_failed.lock().expect("writer state") = Some(e.to_string());
+                    break;
+                }
+                drop(permit);
+                if closing {
+                    break;
+                }
+            }
+        });
+        ServerWire {
+            reader,
+            writer: Some(writer),
+            budget: Arc::new(tokio::sync::Semaphore::new(WRITE_BUDGET)),
+            task: Some(task),
+            failed,
+        }
+    }
+}
+
+impl Wire for ServerWire {
     async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), String> {
-        self.send(axum::extract::ws::Message::Binary(bytes.into()))
+        if let Some(reason) = self.failed.lock().expect("writer state").clone() {
+            return Err(reason);
+        }
+        let want = bytes.len().clamp(1, WRITE_BUDGET) as u32;
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(want)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        let writer = self.writer.as_ref().ok_or("the connection is closing")?;
+        writer
+            .send((
+                axum::extract::ws::Message::Binary(bytes.into()),
+                Some(permit),
+            ))
+            .map_err(|_| "the connection's writer stopped".to_string())
     }
 
     async fn receive(&mut self) -> Received {
         use axum::extract::ws::Message;
         loop {
-            match self.recv().await {
+            match self.reader.next().await {
                 Some(Ok(Message::Binary(bytes))) => return Received::Binary(bytes.into()),
                 Some(Ok(Message::Text(_))) => return Received::Text,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -61,7 +127,21 @@ impl Wire for axum::extract::ws::WebSocket {
     }
 
     async fn finish(&mut self) {
-        let _ = self.send(axum::extract::ws::Message::Close(None)).await;
+        // Everything queued goes out, then the Close.
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.send((axum::extract::ws::Message::Close(None), None));
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+impl Drop for ServerWire {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

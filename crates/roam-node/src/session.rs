@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use crate::hosting::{owner_of, AttachError, BeginMoveError, PostError, Sink};
-use crate::link::{connect, ConnectError, Link, LinkError, Wire};
+use crate::link::{connect, ConnectError, Link, LinkError, ServerWire, Wire};
 use crate::metrics::MoveKind;
 use crate::precopy::{send_live, Live, PrecopyError, PrecopyReport};
 use crate::server::until_stopped;
@@ -29,7 +29,7 @@ use crate::transfer::{
 /// How long a move token stays valid.
 const TOKEN_LIFETIME_MS: u64 = 60_000;
 
-type NodeLink = Link<WebSocket, NodeSession>;
+type NodeLink = Link<ServerWire, NodeSession>;
 
 /// Serves one WebSocket connection until it closes or the node shuts down.
 pub(crate) async fn serve(
@@ -41,7 +41,7 @@ pub(crate) async fn serve(
     let span = tracing::info_span!("connection", %peer, worker = tracing::field::Empty);
     node.metrics.connection_opened();
     let mut link = Link::new(
-        socket,
+        ServerWire::new(socket),
         NodeSession::new(node.config.role),
         node.config.frame_limits,
         node.metrics.clone(),

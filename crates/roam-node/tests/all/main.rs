@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod basics;
+mod large;
 mod lifecycle;
 mod moves;
 mod precopy;
