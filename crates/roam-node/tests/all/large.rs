@@ -25,6 +25,6 @@ async fn large_posts_and_large_replies_cross_without_blocking_each_other() {
             .await;
     }
     for (seq, payload) in (1..).zip(&messages) {
-        assert_eq!(&client.replies_of(60, seq).await, &[payload.clone()]);
+        assert_eq!(client.replies_of(60, seq).await, vec![payload.clone()]);
     }
 }
