@@ -275,7 +275,7 @@ async fn timed_delivery<W: Wire, M: Machine>(
 }
 
 /// What the receiver of a pre-copy said.
-enum Answer {
+pub(crate) enum Answer {
     Need {
         module: bool,
         chunks: Vec<ChunkHash>,
@@ -289,7 +289,7 @@ enum Answer {
 }
 
 impl Answer {
-    fn unexpected(&self, wanted: &str) -> SendStateError {
+    pub(crate) fn unexpected(&self, wanted: &str) -> SendStateError {
         let got = match self {
             Answer::Need { .. } => "StateNeed",
             Answer::Pong { .. } => "Pong",
@@ -300,7 +300,7 @@ impl Answer {
 }
 
 /// The receiver's next answer; Pings are answered, refusals end the transfer.
-async fn await_answer<W: Wire, M: Machine>(
+pub(crate) async fn await_answer<W: Wire, M: Machine>(
     link: &mut Link<W, M>,
     worker: WorkerId,
 ) -> Result<Answer, SendStateError> {

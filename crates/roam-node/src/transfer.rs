@@ -21,6 +21,7 @@ use crate::cache::ModuleCache;
 use crate::chunks::ChunkStore;
 use crate::link::{Link, LinkError, Machine, Wire};
 use crate::metrics::Metrics;
+use crate::precopy::{await_answer, send_bodies, send_module, Answer};
 
 /// Module bytes travel in pieces of this size.
 pub(crate) const MODULE_PIECE: usize = 1 << 20;
@@ -119,39 +120,19 @@ pub(crate) async fn send_state<W: Wire, M: Machine>(
         manifest: package.snapshot.manifest.encode(),
     })
     .await?;
+    let (module, chunks) = loop {
+        match await_answer(link, worker).await? {
+            Answer::Need { module, chunks } => break (module, chunks),
+            Answer::Pong { .. } => {}
+            other => return Err(other.unexpected("StateNeed")),
+        }
+    };
+    send_needed(link, package, module, &chunks).await?;
     loop {
-        let frame = next_frame(link).await?;
-        match link.machine.on_frame(&frame) {
-            Ok(Event::StateNeed { module, chunks, .. }) => {
-                let chunks = chunks.to_vec();
-                send_needed(link, package, module, &chunks).await?;
-            }
-            Ok(Event::StateAdopted { last_seq, .. }) => return Ok(last_seq),
-            Ok(Event::PeerError {
-                worker: Some(w),
-                code,
-                message,
-            }) if w == worker => {
-                return Err(SendStateError::Refused {
-                    worker,
-                    code,
-                    message: message.to_owned(),
-                })
-            }
-            Ok(Event::PeerError {
-                worker: None,
-                code,
-                message,
-            }) => return Err(SendStateError::Left(format!("{code}: {message}"))),
-            Ok(Event::Goodbye { reason }) => return Err(SendStateError::Left(reason.to_owned())),
-            Ok(Event::Ping { nonce }) => link.send(Frame::Pong { nonce }).await?,
-            Ok(_) => {}
-            Err(refusal) => {
-                link.refuse(&refusal).await?;
-                if link.machine.is_ready() || link.machine.is_closed() {
-                    return Err(refusal.into());
-                }
-            }
+        match await_answer(link, worker).await? {
+            Answer::Adopted { last_seq } => return Ok(last_seq),
+            Answer::Pong { .. } => {}
+            other => return Err(other.unexpected("StateAdopted")),
         }
     }
 }
@@ -165,18 +146,9 @@ async fn send_needed<W: Wire, M: Machine>(
 ) -> Result<(), SendStateError> {
     let worker = package.worker;
     if module {
-        let bytes = package.module.bytes();
-        for (i, piece) in bytes.chunks(MODULE_PIECE).enumerate() {
-            link.send(Frame::ModuleData {
-                module_hash: *package.module.hash(),
-                offset: (i * MODULE_PIECE) as u32,
-                bytes: piece.to_vec(),
-            })
-            .await?;
-        }
+        send_module(link, &package.module).await?;
     }
-    let mut batch = Vec::new();
-    let mut batch_len = 0;
+    let mut bodies = Vec::with_capacity(chunks.len());
     for &hash in chunks {
         let Some(body) = package.snapshot.body(hash) else {
             let error = SendStateError::UnknownChunk(hash);
@@ -188,21 +160,9 @@ async fn send_needed<W: Wire, M: Machine>(
             .await?;
             return Err(error);
         };
-        batch_len += body.encoded_len();
-        batch.push(body.encode());
-        if batch_len >= CHUNK_BATCH {
-            let bodies = std::mem::take(&mut batch);
-            batch_len = 0;
-            link.send(Frame::ChunkData { worker, bodies }).await?;
-        }
+        bodies.push(body);
     }
-    if !batch.is_empty() {
-        link.send(Frame::ChunkData {
-            worker,
-            bodies: batch,
-        })
-        .await?;
-    }
+    send_bodies(link, worker, bodies.into_iter()).await?;
     link.send(Frame::StateEnd { worker }).await?;
     Ok(())
 }
