@@ -85,12 +85,21 @@ fn metric(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_worker_keeps_handling_messages_while_pre_copy_moves_it() {
-    // No downtime target can be met on purpose: the rounds stop when they stop shrinking.
+    // A reaches B over an emulated 200 Mbit/s link, so the first round (16 MiB of noise)
+    // takes about 0.7 s: messages certainly arrive while it travels, however loaded the
+    // machine. No downtime target can be met on purpose: the rounds stop when they stop
+    // shrinking.
+    let b = TestNode::start(NodeRole::Edge).await;
+    let link = roam_link::Link::start(
+        roam_link::LinkSpec::symmetric(200_000_000, std::time::Duration::from_millis(2)),
+        b.addr,
+    )
+    .unwrap();
     let a = TestNode::start_with(NodeRole::Edge, None, |c| {
-        c.precopy.downtime_target = std::time::Duration::ZERO
+        c.precopy.downtime_target = std::time::Duration::ZERO;
+        c.routes.insert(b.url.clone(), link.url());
     })
     .await;
-    let b = TestNode::start(NodeRole::Edge).await;
     let (mut at_a, local, mut twin) = busy_worker_on(&a, 40).await;
 
     let (handled_during, last_seq, next) = handoff_while_posting(&mut at_a, 40, &b.url, 2).await;
