@@ -25,9 +25,11 @@
 //! order (see `docs/protocol.md`).
 #![deny(missing_docs)]
 
+mod auto;
 mod connection;
 mod error;
 mod worker;
 
+pub use auto::{AutoOptions, AutoPlacer, Decision, Requirements};
 pub use error::ClientError;
 pub use worker::{MoveKind, MoveReport, Place, Reply, WorkerHandle, WorkerOptions};
