@@ -146,6 +146,21 @@ pub struct AutoPlacer {
     arrived_at: Instant,
     last_state_at: Option<Instant>,
     last_decision: Option<String>,
+    /// When the last message seen was handled.
+    last_handled: Option<Instant>,
+    /// The move under way (or just ended) whose pause is being measured.
+    watching: Option<Watching>,
+}
+
+/// A move the placer began, watched for the longest gap between two handled messages: its
+/// pause as the application felt it.
+#[derive(Debug)]
+struct Watching {
+    kind: roam_place::MoveKind,
+    modelled: f64,
+    started: Instant,
+    ended: Option<Instant>,
+    longest_gap: Duration,
 }
 
 impl AutoPlacer {
@@ -168,6 +183,8 @@ impl AutoPlacer {
             arrived_at: Instant::now(),
             last_state_at: None,
             last_decision: None,
+            last_handled: None,
+            watching: None,
         }
     }
 
@@ -222,6 +239,9 @@ impl AutoPlacer {
         if handle.moving() {
             return Ok(None);
         }
+        if let Some(watching) = &mut self.watching {
+            watching.ended.get_or_insert_with(Instant::now);
+        }
         let here = place_id(&handle.place());
         if here != self.planner.current() {
             // A move ended, or the handle took the worker back from a node it lost.
@@ -240,6 +260,19 @@ impl AutoPlacer {
             Place::Node(to.to_string())
         };
         tracing::info!(worker = %format!("{:032x}", handle.id()), to = %place, "{}", decision.reason());
+        let kind = roam_place::MoveKind::between(self.planner.current(), to);
+        let modelled = decision
+            .predictions()
+            .iter()
+            .find(|p| p.id == to)
+            .map_or(0.0, |p| p.stall_modelled);
+        self.watching = kind.map(|kind| Watching {
+            kind,
+            modelled,
+            started: Instant::now(),
+            ended: None,
+            longest_gap: Duration::ZERO,
+        });
         handle.begin_move(place.clone()).await?;
         // Where it is now (a move that completes at once) or will be; the next tick looks
         // at the handle again.
@@ -291,7 +324,9 @@ impl AutoPlacer {
 
     /// Feeds what the handle saw into the worker's profile.
     fn take_in(&mut self, handle: &mut WorkerHandle, now: f64) {
-        let observations = handle.take_observations();
+        let mut observations = handle.take_observations();
+        observations.sort_by_key(|seen| seen.posted_at + seen.response);
+        self.watch_gaps(&observations);
         let nodes = self.nodes.lock().expect("placer nodes");
         for seen in observations {
             let posted = seen
@@ -329,6 +364,35 @@ impl AutoPlacer {
                 self.planner.profile_mut().set_state_bytes(compressed);
                 self.last_state_at = Some(Instant::now());
             }
+        }
+    }
+
+    /// Follows the gaps between handled messages across the move being watched; once a
+    /// message handled after the move's end shows up, the longest gap less the interval
+    /// between messages is the pause the move caused, which the planner learns from.
+    fn watch_gaps(&mut self, observations: &[crate::worker::Observation]) {
+        for seen in observations {
+            let handled = seen.posted_at + seen.response;
+            if let (Some(watching), Some(last)) = (&mut self.watching, self.last_handled) {
+                if handled > watching.started {
+                    let gap = handled.saturating_duration_since(last.max(watching.started));
+                    watching.longest_gap = watching.longest_gap.max(gap);
+                }
+                if watching.ended.is_some_and(|ended| handled > ended) {
+                    let interval = self.planner.profile().interval().unwrap_or(0.0);
+                    let pause = (watching.longest_gap.as_secs_f64() - interval).max(0.0);
+                    tracing::debug!(
+                        kind = ?watching.kind,
+                        modelled_ms = watching.modelled * 1e3,
+                        pause_ms = pause * 1e3,
+                        "a move's pause, as the messages felt it"
+                    );
+                    self.planner
+                        .on_move_observed(watching.kind, watching.modelled, pause);
+                    self.watching = None;
+                }
+            }
+            self.last_handled = Some(handled);
         }
     }
 

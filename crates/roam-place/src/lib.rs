@@ -37,4 +37,4 @@ mod policy;
 
 pub use estimate::{Direction, Ewma, LinkEstimate, LinkEstimator};
 pub use model::{Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL};
-pub use policy::{Decision, Planner, PlannerSettings, Requirements};
+pub use policy::{Decision, MoveKind, Planner, PlannerSettings, Requirements};

@@ -240,6 +240,9 @@ pub struct Prediction {
     pub utilisation: f64,
     /// Seconds a move there would pause the worker (0 where it runs now).
     pub stall: f64,
+    /// The same before the correction learned from the moves seen
+    /// ([`crate::Planner::on_move_observed`]).
+    pub stall_modelled: f64,
 }
 
 /// The mean wait in a queue whose busiest stage takes `service` seconds at utilisation

@@ -8,7 +8,7 @@
 //! a worker from bouncing: a move must also be [`PlannerSettings::margin`] faster than
 //! staying, and none is made within [`PlannerSettings::dwell`] seconds of the last.
 
-use crate::estimate::Direction;
+use crate::estimate::{Direction, Ewma};
 use crate::model::{queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL};
 
 /// What an application requires of placement; always honoured.
@@ -125,6 +125,32 @@ pub struct Planner {
     profile: WorkerProfile,
     current: String,
     last_move_at: Option<f64>,
+    /// Observed over modelled pause, per [`MoveKind`].
+    stall_factor: [Ewma; 3],
+}
+
+/// The kinds of move whose pause the planner learns apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MoveKind {
+    /// Device to node.
+    Offload = 0,
+    /// Node to node.
+    Handoff = 1,
+    /// Node to device.
+    Return = 2,
+}
+
+impl MoveKind {
+    /// The kind of a move from `from` to `to` (candidate ids), if it is a move.
+    pub fn between(from: &str, to: &str) -> Option<MoveKind> {
+        match (from == LOCAL, to == LOCAL) {
+            _ if from == to => None,
+            (true, false) => Some(MoveKind::Offload),
+            (false, true) => Some(MoveKind::Return),
+            (false, false) => Some(MoveKind::Handoff),
+            (true, true) => None,
+        }
+    }
 }
 
 impl Planner {
@@ -136,6 +162,7 @@ impl Planner {
             profile: WorkerProfile::default(),
             current: LOCAL.to_string(),
             last_move_at: None,
+            stall_factor: [Ewma::new(0.5); 3],
         }
     }
 
@@ -220,8 +247,8 @@ impl Planner {
                 }
             }
         }
-        let stall = if here {
-            0.0
+        let (stall, stall_modelled) = if here {
+            (0.0, 0.0)
         } else {
             self.stall(candidate, current)
         };
@@ -231,26 +258,58 @@ impl Planner {
             handler,
             utilisation,
             stall,
+            stall_modelled,
         })
     }
 
     /// Seconds a move from `current` to `to` pauses the worker: its state crosses the
     /// slowest link on the way once (pre-copy sends most of it while the worker runs, but
     /// a busy worker dirties it again), plus the round trips to stop and start it.
-    fn stall(&self, to: &Candidate, current: Option<&Candidate>) -> f64 {
+    /// Also returns the model's figure before the correction learned from moves seen.
+    fn stall(&self, to: &Candidate, current: Option<&Candidate>) -> (f64, f64) {
         let state = self.profile.state_bytes() as f64;
         let Some(from) = current else {
             // The place it was is gone: the client already has it back.
             return match &to.link {
-                Some(link) => link.rtt + link.transfer(Direction::Up, state),
-                None => 0.0,
+                Some(link) => self.scaled(
+                    MoveKind::Offload,
+                    link.rtt + link.transfer(Direction::Up, state),
+                ),
+                None => (0.0, 0.0),
             };
         };
         match (&from.link, &to.link) {
-            (None, Some(link)) => link.rtt + link.transfer(Direction::Up, state),
-            (Some(link), None) => link.rtt + link.transfer(Direction::Down, state),
-            (Some(a), Some(b)) => a.rtt + state / self.settings.node_to_node + b.rtt,
-            (None, None) => 0.0,
+            (None, Some(link)) => self.scaled(
+                MoveKind::Offload,
+                link.rtt + link.transfer(Direction::Up, state),
+            ),
+            (Some(link), None) => self.scaled(
+                MoveKind::Return,
+                link.rtt + link.transfer(Direction::Down, state),
+            ),
+            (Some(a), Some(b)) => self.scaled(
+                MoveKind::Handoff,
+                a.rtt + state / self.settings.node_to_node + b.rtt,
+            ),
+            (None, None) => (0.0, 0.0),
+        }
+    }
+
+    /// `modelled` seconds of pause, corrected by what moves of `kind` were seen to cost,
+    /// and as modelled.
+    fn scaled(&self, kind: MoveKind, modelled: f64) -> (f64, f64) {
+        let factor = self.stall_factor[kind as usize].mean().unwrap_or(1.0);
+        (modelled * factor, modelled)
+    }
+
+    /// A move of `kind`, modelled to pause the worker `modelled` seconds
+    /// ([`Prediction::stall_modelled`]), paused it `observed`: later predictions of that
+    /// kind of move follow what is seen (the model cannot know how much pre-copy hides,
+    /// which depends on how fast the worker dirties its state where it runs).
+    pub fn on_move_observed(&mut self, kind: MoveKind, modelled: f64, observed: f64) {
+        if modelled > 1e-3 && observed.is_finite() && observed >= 0.0 {
+            let factor = (observed / modelled).clamp(0.02, 5.0);
+            self.stall_factor[kind as usize].add(factor);
         }
     }
 
@@ -573,6 +632,30 @@ mod tests {
         }
         let d = planner.decide(14.0, &[Candidate::local(), edge(0.010), cloud()]);
         assert_eq!(d.target(), Some(CLOUD), "{d:?}");
+    }
+
+    #[test]
+    fn a_move_kind_seen_to_pause_less_is_predicted_to_pause_less() {
+        let mut planner = busy_planner(Requirements::default());
+        planner.profile_mut().set_state_bytes(20_000_000);
+        let candidates = [Candidate::local(), edge(0.010)];
+        let d = planner.decide(10.0, &candidates);
+        assert_eq!(d.target(), None, "16 s of pause does not pay: {d:?}");
+        let predicted = d.predictions()[1].stall;
+        assert_eq!(predicted, d.predictions()[1].stall_modelled);
+        // Offloads were seen to pause the worker a tenth of what the model said.
+        for _ in 0..4 {
+            planner.on_move_observed(MoveKind::Offload, predicted, predicted / 10.0);
+        }
+        let d = planner.decide(10.0, &candidates);
+        assert!((d.predictions()[1].stall - predicted / 10.0).abs() < predicted / 50.0);
+        assert_eq!(d.target(), Some(EDGE), "{d:?}");
+        // Returns are learned apart.
+        assert_eq!(planner.stall_factor[MoveKind::Return as usize].samples(), 0);
+        assert_eq!(MoveKind::between(LOCAL, EDGE), Some(MoveKind::Offload));
+        assert_eq!(MoveKind::between(EDGE, "ws://b"), Some(MoveKind::Handoff));
+        assert_eq!(MoveKind::between(EDGE, LOCAL), Some(MoveKind::Return));
+        assert_eq!(MoveKind::between(EDGE, EDGE), None);
     }
 
     #[test]
