@@ -202,3 +202,47 @@ fn a_relay_to_the_node_that_holds_the_worker_is_refused() {
         assert!(handle.next_reply().await.unwrap().is_some());
     });
 }
+
+#[test]
+fn checkpoints_move_the_recovery_point_up_and_a_recovery_replays_only_what_followed() {
+    let mut a = Node::start("edge", None);
+    let messages = counter_messages(400);
+    let mut replies = Vec::new();
+    runtime().block_on(async {
+        let options = WorkerOptions {
+            checkpoint_every: Some(Duration::from_millis(100)),
+            ..WorkerOptions::default()
+        };
+        let mut handle = WorkerHandle::start(&counter(), options).unwrap();
+        post_all(&mut handle, &messages[..50], &mut replies).await;
+        handle.move_to(Place::Node(a.url.clone())).await.unwrap();
+        assert_eq!(handle.recovery_point(), Some(50));
+        // Messages keep coming while the copies are taken.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut next = 50;
+        while handle.recovery_point() <= Some(100) {
+            assert!(
+                std::time::Instant::now() < deadline && next < 300,
+                "no checkpoint taken after message 100: the recovery point is {:?}",
+                handle.recovery_point()
+            );
+            post_all(&mut handle, &messages[next..next + 10], &mut replies).await;
+            next += 10;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let point = handle.recovery_point().unwrap();
+        assert!(point <= next as u64, "{point} > {next}");
+        a.kill_hard();
+        post_all(&mut handle, &messages[next..], &mut replies).await;
+        finish(&mut handle, &mut replies).await;
+        assert_eq!(handle.place(), Place::Local, "recovered locally");
+    });
+    let expected = counter_expected(&messages);
+    let first_difference = replies.iter().zip(&expected).position(|(a, b)| a != b);
+    assert!(
+        replies.len() == expected.len() && first_difference.is_none(),
+        "{} replies for {} messages; the first that differs is reply {first_difference:?}",
+        replies.len(),
+        expected.len()
+    );
+}

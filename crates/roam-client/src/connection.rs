@@ -54,6 +54,11 @@ impl Connection {
         &self.url
     }
 
+    /// The protocol version the node and this client agreed on.
+    pub fn version(&self) -> Option<u16> {
+        self.session.version()
+    }
+
     /// Sends a frame, after the session agrees it may be sent now.
     pub async fn send(&mut self, frame: &Frame) -> Result<(), ClientError> {
         self.session

@@ -133,6 +133,11 @@ pub struct WorkerOptions {
     /// emulated link). The node is still named by its own URL ([`WorkerHandle::place`],
     /// moves, `Pull`); only where the socket connects changes.
     pub routes: BTreeMap<String, String>,
+    /// While the worker runs on a node, take a copy of its state this often (a
+    /// checkpoint, on a connection of its own, sending only the chunks that changed), so
+    /// that recovering it should the node die replays only the messages since. `None`
+    /// takes none: the recovery point stays the state the client last held. Default 10 s.
+    pub checkpoint_every: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -145,6 +150,7 @@ impl Default for WorkerOptions {
             downtime_target: Duration::from_millis(20),
             precopy_rounds: 8,
             routes: BTreeMap::new(),
+            checkpoint_every: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -206,6 +212,14 @@ pub struct WorkerHandle {
     /// [`WorkerHandle::next_reply_within`]): only the waits themselves are cut short,
     /// never a step that changes the handle's state.
     deadline: Option<tokio::time::Instant>,
+    /// A checkpoint under way: a copy of the worker's state coming from its node.
+    checkpointing: Option<tokio::task::JoinHandle<Result<Snapshot, ClientError>>>,
+    /// A checkpoint that arrived ahead of the replies: it becomes the recovery point once
+    /// every reply of the messages it handled has been delivered (a recovery from it could
+    /// not give them again).
+    checkpoint_ready: Option<Snapshot>,
+    /// When the recovery point was last renewed (or the worker last arrived on a node).
+    recovery_at: Instant,
 }
 
 /// Observations kept when nobody takes them.
@@ -348,6 +362,9 @@ impl WorkerHandle {
             reply_bytes: 0,
             observations: VecDeque::new(),
             deadline: None,
+            checkpointing: None,
+            checkpoint_ready: None,
+            recovery_at: Instant::now(),
         })
     }
 
@@ -389,6 +406,7 @@ impl WorkerHandle {
             .push_back((seq, Instant::now(), payload.len() as u64));
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
+        self.drive_checkpoint();
         if self.offloading.is_some() {
             self.drive_offload()?;
             // The task sending the rounds shares the runtime (maybe its only thread) with
@@ -600,6 +618,10 @@ impl WorkerHandle {
     /// The node holding the worker is gone: restore the recovery point locally and handle
     /// every message since, delivering only replies the application has not had.
     fn recover(&mut self, cause: ClientError) -> Result<(), ClientError> {
+        if let Some(task) = self.checkpointing.take() {
+            task.abort();
+        }
+        self.checkpoint_ready = None;
         // A move under way ends with its source.
         if let Some(pending) = self.handoff.take() {
             pending.next.abort();
@@ -1108,6 +1130,7 @@ impl WorkerHandle {
         let snapshot = Snapshot::from_parts(manifest, kept.into_values().collect())
             .map_err(|e| ClientError::State(e.to_string()))?;
         let waiting: VecDeque<(u64, Vec<u8>)> = self.log.iter().cloned().collect();
+        self.recovery_at = Instant::now();
         self.recovery = Some(Recovery {
             snapshot,
             bytes: waiting.iter().map(|(_, m)| m.len()).sum(),
@@ -1278,35 +1301,9 @@ impl WorkerHandle {
         // travel back.
         let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
         let task = tokio::spawn(async move {
-            let mut conn = Connection::open(&url, &options).await?;
-            conn.send(&Frame::Attach { worker, secret }).await?;
-            match conn.recv().await? {
-                Frame::Attached { .. } => {}
-                other => return Err(conn.unexpected(&other, "Attached")),
-            }
-            conn.send(&Frame::Return { worker }).await?;
-            let manifest = loop {
-                match conn.recv().await? {
-                    Frame::StateBegin {
-                        manifest,
-                        module_hash: found,
-                        ..
-                    } => {
-                        if found != module_hash {
-                            return Err(ClientError::State(
-                                "the node returned the state of another module".into(),
-                            ));
-                        }
-                        break manifest;
-                    }
-                    Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
-                    other => return Err(conn.unexpected(&other, "StateBegin")),
-                }
-            };
-            let manifest = Manifest::decode(&manifest, &DecodeLimits::default())
-                .map_err(|e| ClientError::State(e.to_string()))?;
-            let (manifest, bodies) =
-                receive_state(&mut conn, worker, manifest, held.as_ref()).await?;
+            let request = Frame::Return { worker };
+            let (conn, manifest, bodies) =
+                fetch_state(&url, &options, worker, secret, module_hash, held, request).await?;
             Ok(Returned {
                 conn,
                 manifest,
@@ -1319,6 +1316,114 @@ impl WorkerHandle {
             task,
         });
         Ok(())
+    }
+
+    /// Between two messages: takes in a checkpoint that arrived, and starts the next one
+    /// when it is due.
+    fn drive_checkpoint(&mut self) {
+        if matches!(self.placement, Placement::Local(_)) {
+            // Home: the worker itself is the recovery point.
+            if let Some(task) = self.checkpointing.take() {
+                task.abort();
+            }
+            self.checkpoint_ready = None;
+            return;
+        }
+        if let Some(task) = &mut self.checkpointing {
+            let Some(done) = futures_util::FutureExt::now_or_never(task) else {
+                return;
+            };
+            self.checkpointing = None;
+            match done {
+                Ok(Ok(snapshot)) => self.checkpoint_ready = Some(snapshot),
+                Ok(Err(e)) => tracing::debug!("no checkpoint this time: {e}"),
+                Err(e) => tracing::debug!("the checkpoint stopped: {e}"),
+            }
+        }
+        if self
+            .checkpoint_ready
+            .as_ref()
+            .is_some_and(|c| c.manifest.last_seq <= self.delivered)
+        {
+            if let Some(snapshot) = self.checkpoint_ready.take() {
+                self.renew_recovery(snapshot);
+            }
+        }
+        let Some(every) = self.options.checkpoint_every else {
+            return;
+        };
+        let Placement::Remote(conn) = &self.placement else {
+            return;
+        };
+        if self.moving()
+            || self.checkpoint_ready.is_some()
+            || self.recovery_at.elapsed() < every
+            || conn.version().is_none_or(|v| v < 3)
+        {
+            return;
+        }
+        let url = conn.url().to_string();
+        let (worker, secret, options) = (self.id, self.secret, self.options.clone());
+        let module_hash = *self.module.hash();
+        let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
+        self.recovery_at = Instant::now();
+        self.checkpointing = Some(tokio::spawn(async move {
+            let request = Frame::Checkpoint { worker };
+            let (mut conn, manifest, bodies) =
+                fetch_state(&url, &options, worker, secret, module_hash, held, request).await?;
+            let last_seq = manifest.last_seq;
+            let snapshot = Snapshot::from_parts(manifest, bodies)
+                .map_err(|e| ClientError::State(e.to_string()))?;
+            conn.send(&Frame::StateAdopted { worker, last_seq }).await?;
+            conn.close().await;
+            Ok(snapshot)
+        }));
+    }
+
+    /// A copy of the worker's state after message `snapshot.manifest.last_seq` arrived:
+    /// it becomes the recovery point if the messages since are still at hand.
+    fn renew_recovery(&mut self, snapshot: Snapshot) {
+        let last_seq = snapshot.manifest.last_seq;
+        let since: Option<VecDeque<(u64, Vec<u8>)>> = match &self.recovery {
+            Some(recovery) if recovery.snapshot.manifest.last_seq > last_seq => None,
+            Some(recovery) => Some(
+                recovery
+                    .messages
+                    .iter()
+                    .filter(|(seq, _)| *seq > last_seq)
+                    .cloned()
+                    .collect(),
+            ),
+            // Without a recovery point, the log holds every message not yet handled: enough
+            // if none was handled after the copy was taken.
+            None if self.delivered <= last_seq => Some(
+                self.log
+                    .iter()
+                    .filter(|(seq, _)| *seq > last_seq)
+                    .cloned()
+                    .collect(),
+            ),
+            None => None,
+        };
+        let Some(messages) = since else {
+            tracing::debug!(last_seq, "a checkpoint too old to use");
+            return;
+        };
+        tracing::debug!(
+            last_seq,
+            replay = messages.len(),
+            "the recovery point moved up"
+        );
+        self.recovery = Some(Recovery {
+            bytes: messages.iter().map(|(_, m)| m.len()).sum(),
+            messages,
+            snapshot,
+        });
+    }
+
+    /// The message the recovery point had handled last, if the client holds one.
+    pub fn recovery_point(&self) -> Option<u64> {
+        self.recovery.as_ref().map(|r| r.snapshot.manifest.last_seq)
     }
 
     /// The state came home: take in the replies of every message it handled, restore it,
@@ -1565,6 +1670,49 @@ async fn send_bodies<'b>(
         .await?;
     }
     Ok(total)
+}
+
+/// Asks the node at `url`, on a connection of its own attached with `secret`, for the
+/// worker's state (`request`: Return or Checkpoint) and receives it, asking only for the
+/// chunks `held` lacks.
+async fn fetch_state(
+    url: &str,
+    options: &WorkerOptions,
+    worker: WorkerId,
+    secret: [u8; 32],
+    module_hash: [u8; 32],
+    held: Option<Snapshot>,
+    request: Frame,
+) -> Result<(Connection, Manifest, Vec<ChunkBody>), ClientError> {
+    let mut conn = Connection::open(url, options).await?;
+    conn.send(&Frame::Attach { worker, secret }).await?;
+    match conn.recv().await? {
+        Frame::Attached { .. } => {}
+        other => return Err(conn.unexpected(&other, "Attached")),
+    }
+    conn.send(&request).await?;
+    let manifest = loop {
+        match conn.recv().await? {
+            Frame::StateBegin {
+                manifest,
+                module_hash: found,
+                ..
+            } => {
+                if found != module_hash {
+                    return Err(ClientError::State(
+                        "the node sent the state of another module".into(),
+                    ));
+                }
+                break manifest;
+            }
+            Frame::Ping { nonce } => conn.send(&Frame::Pong { nonce }).await?,
+            other => return Err(conn.unexpected(&other, "StateBegin")),
+        }
+    };
+    let manifest = Manifest::decode(&manifest, &DecodeLimits::default())
+        .map_err(|e| ClientError::State(e.to_string()))?;
+    let (manifest, bodies) = receive_state(&mut conn, worker, manifest, held.as_ref()).await?;
+    Ok((conn, manifest, bodies))
 }
 
 /// Receives a worker's state as the receiver of a transfer (after StateBegin with

@@ -52,6 +52,8 @@ pub(crate) struct Metrics {
     precopy_paused_ns: AtomicU64,
     /// Chunk bodies a transfer did not ask for because this node held them.
     chunks_reused: AtomicU64,
+    /// Copies of workers' state sent to their clients.
+    checkpoints: AtomicU64,
 }
 
 impl Metrics {
@@ -89,6 +91,11 @@ impl Metrics {
             .fetch_add(paused, Ordering::Relaxed);
         self.precopy_paused_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a checkpoint a client took.
+    pub(crate) fn record_checkpoint(&self) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records chunk bodies a transfer took from this node's store instead of the wire.
@@ -190,7 +197,7 @@ impl Metrics {
             "roam_message_duration_seconds_count {}",
             load(&self.duration_count)
         );
-        let series: [(&str, &str, &str, f64); 5] = [
+        let series: [(&str, &str, &str, f64); 6] = [
             (
                 "roam_precopy_rounds_total",
                 "Pre-copy rounds sent while the worker ran.",
@@ -220,6 +227,12 @@ impl Metrics {
                 "Chunk bodies transfers did not ask for because this node held them.",
                 "",
                 load(&self.chunks_reused) as f64,
+            ),
+            (
+                "roam_checkpoints_total",
+                "Copies of workers' state sent to their clients as recovery points.",
+                "",
+                load(&self.checkpoints) as f64,
             ),
         ];
         for (name, help, labels, value) in series {

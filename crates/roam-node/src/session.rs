@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::WebSocket;
 use roam_proto::{ErrorCode, Event, Frame, MoveToken, NodeSession, PeerKind, WorkerId};
+use roam_runtime::Snapshot;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
@@ -176,6 +177,7 @@ async fn handle(
             tokio::spawn(task.in_current_span());
         }
         Event::Return { worker } => return_worker(node, link, sink, outgoing, worker).await?,
+        Event::Checkpoint { worker } => checkpoint_worker(node, link, worker).await?,
         Event::Release { worker, .. } => {
             if link.machine.is_attached(worker) {
                 node.hosting.release(worker);
@@ -320,6 +322,64 @@ fn begin_move_code(e: &BeginMoveError) -> ErrorCode {
         BeginMoveError::UnknownWorker(_) => ErrorCode::UnknownWorker,
         BeginMoveError::AlreadyMoving(_) => ErrorCode::Busy,
         BeginMoveError::Capture(..) => ErrorCode::WorkerFailed,
+    }
+}
+
+/// Checkpoint: a copy of the worker's state goes to its client on this connection while
+/// the worker keeps running here. The copy is taken between two messages, so the worker
+/// pauses only for the capture, and travels as a return's would (the client asks only
+/// for the chunks its recovery point lacks); the client's StateAdopted says it holds it.
+async fn checkpoint_worker(
+    node: &Arc<Node>,
+    link: &mut NodeLink,
+    worker: WorkerId,
+) -> Result<(), LinkError> {
+    tracing::Span::current().record("worker", format!("{worker:032x}"));
+    let hosted = match node.hosting.begin_precopy(worker) {
+        Ok(hosted) => hosted,
+        Err(e) => {
+            return link
+                .send(worker_error(begin_move_code(&e), worker, e))
+                .await
+        }
+    };
+    let captured = node
+        .hosting
+        .capture_round(worker, &hosted, Default::default(), false)
+        .await;
+    // The worker goes on at once; what follows only sends the copy.
+    node.hosting.end_move(worker, false);
+    let snapshot = match captured.map(|delta| Snapshot::from_parts(delta.manifest, delta.bodies)) {
+        Ok(Ok(snapshot)) => snapshot,
+        Ok(Err(e)) => {
+            let e = BeginMoveError::Capture(worker, e.to_string());
+            return link
+                .send(worker_error(begin_move_code(&e), worker, e))
+                .await;
+        }
+        Err(e) => {
+            return link
+                .send(worker_error(begin_move_code(&e), worker, e))
+                .await
+        }
+    };
+    let package = Package {
+        worker,
+        owner: hosted.owner,
+        module: hosted.module.clone(),
+        snapshot,
+    };
+    match send_state(link, &package, None).await {
+        Ok(last_seq) => {
+            tracing::info!(last_seq, "a checkpoint of the worker went to its client");
+            node.metrics.record_checkpoint();
+            Ok(())
+        }
+        Err(SendStateError::Link(e)) => Err(e),
+        Err(e) => {
+            tracing::info!("the client did not take the checkpoint: {e}");
+            Ok(())
+        }
     }
 }
 

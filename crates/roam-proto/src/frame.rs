@@ -162,6 +162,8 @@ frame_types! {
     Return = 0x33,
     /// The state was adopted elsewhere: drop it.
     Release = 0x34,
+    /// Asks the node for a copy of the worker's state; the worker stays (version 3).
+    Checkpoint = 0x35,
     /// A node joins the cloud's registry.
     Register = 0x40,
     /// A registered node's current load.
@@ -372,6 +374,13 @@ pub enum Frame {
         /// The worker.
         worker: WorkerId,
     },
+    /// Send me a copy of the worker's state on this connection, and keep running it
+    /// (client → node, version 3): the client's recovery point moves up, so fewer messages
+    /// need replaying should the node die.
+    Checkpoint {
+        /// The worker.
+        worker: WorkerId,
+    },
     /// The state was adopted elsewhere: drop it (client or node → node).
     Release {
         /// The worker.
@@ -427,6 +436,7 @@ impl Frame {
             Frame::Moved { .. } => FrameType::Moved,
             Frame::Pull { .. } => FrameType::Pull,
             Frame::Return { .. } => FrameType::Return,
+            Frame::Checkpoint { .. } => FrameType::Checkpoint,
             Frame::Release { .. } => FrameType::Release,
             Frame::Register(_) => FrameType::Register,
             Frame::Heartbeat { .. } => FrameType::Heartbeat,
@@ -461,6 +471,7 @@ impl Frame {
             | Frame::Moved { worker, .. }
             | Frame::Pull { worker, .. }
             | Frame::Return { worker }
+            | Frame::Checkpoint { worker }
             | Frame::Release { worker, .. } => Some(*worker),
             _ => None,
         }
@@ -577,7 +588,9 @@ impl Frame {
                     out.put_blob(body);
                 }
             }
-            Frame::StateEnd { worker } | Frame::Return { worker } => out.put_u128(*worker),
+            Frame::StateEnd { worker }
+            | Frame::Return { worker }
+            | Frame::Checkpoint { worker } => out.put_u128(*worker),
             Frame::StateRound {
                 worker,
                 bodies,
@@ -908,6 +921,7 @@ fn decode_body(
             destination: r.string("destination")?,
         },
         FrameType::Return => Frame::Return { worker: r.u128()? },
+        FrameType::Checkpoint => Frame::Checkpoint { worker: r.u128()? },
         FrameType::Release => Frame::Release {
             worker: r.u128()?,
             last_seq: r.u64()?,

@@ -4,10 +4,11 @@
 use crate::NegotiateVersionError;
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
-/// The oldest protocol version this crate still speaks: one behind [`PROTOCOL_VERSION`],
-/// so a node accepts its peers of the previous release while they upgrade.
+/// The oldest protocol version this crate still speaks. Nodes keep speaking version 1 for
+/// the browser SDK, which has no pre-copy (2) or checkpoints (3) yet, and so accept their
+/// peers of earlier releases while they upgrade.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// The version a node answers a Hello with: the highest version in both the peer's range

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod basics;
+mod checkpoint;
 mod large;
 mod lifecycle;
 mod moves;

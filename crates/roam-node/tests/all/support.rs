@@ -378,7 +378,18 @@ impl Client {
 
     /// Asks for the worker back and receives its state, as a client does on return.
     pub async fn take_back(&mut self, worker: WorkerId) -> Snapshot {
-        self.send(&Frame::Return { worker }).await;
+        self.receive_state(worker, Frame::Return { worker }).await
+    }
+
+    /// Asks for a copy of `worker`'s state (Checkpoint) and receives it.
+    pub async fn checkpoint(&mut self, worker: WorkerId) -> Snapshot {
+        self.receive_state(worker, Frame::Checkpoint { worker })
+            .await
+    }
+
+    /// Sends `request` and receives the state it brings, taking every chunk.
+    async fn receive_state(&mut self, worker: WorkerId, request: Frame) -> Snapshot {
+        self.send(&request).await;
         let (manifest, module_hash) = loop {
             match self.recv().await {
                 Frame::StateBegin {
@@ -389,7 +400,7 @@ impl Client {
                     ..
                 } => {
                     assert_eq!(w, worker);
-                    assert!(token.is_none(), "a return carries no token");
+                    assert!(token.is_none(), "state sent to a client carries no token");
                     break (manifest, module_hash);
                 }
                 Frame::Reply { .. } | Frame::Handled { .. } => continue,

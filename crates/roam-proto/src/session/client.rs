@@ -404,7 +404,7 @@ impl ClientSession {
                     };
                     Ok(())
                 }
-                Frame::Return { worker } => {
+                Frame::Return { worker } | Frame::Checkpoint { worker } => {
                     self.state = ClientState::Returning { worker: *worker };
                     Ok(())
                 }

@@ -210,6 +210,12 @@ pub enum Event<'f> {
         /// The worker.
         worker: WorkerId,
     },
+    /// Send a copy of the attached worker's state on this connection (version 3): capture
+    /// it between two messages, send StateBegin, and keep running it after StateAdopted.
+    Checkpoint {
+        /// The worker.
+        worker: WorkerId,
+    },
     /// The worker's state was adopted elsewhere: drop this copy.
     Release {
         /// The worker.

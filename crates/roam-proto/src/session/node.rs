@@ -336,6 +336,18 @@ impl NodeSession {
                 };
                 Ok(Event::Return { worker: *worker })
             }
+            // Checkpoints are version 3.
+            Frame::Checkpoint { .. } if self.version.is_none_or(|v| v < 3) => {
+                Err(self.refuse(frame))
+            }
+            Frame::Checkpoint { worker } => {
+                self.require_attached(frame, *worker)?;
+                self.state = NodeState::SendingState {
+                    worker: *worker,
+                    stage: SendStage::Preparing,
+                };
+                Ok(Event::Checkpoint { worker: *worker })
+            }
             Frame::Release { worker, last_seq } => {
                 if self.peer != Some(PeerKind::Node) {
                     self.require_attached(frame, *worker)?;

@@ -59,6 +59,7 @@ fn type_bytes_match_the_protocol_document() {
         (FrameType::WorkerFailed, 0x25),
         (FrameType::MoveOut, 0x30),
         (FrameType::Release, 0x34),
+        (FrameType::Checkpoint, 0x35),
         (FrameType::Register, 0x40),
         (FrameType::Nodes, 0x43),
     ];
@@ -66,7 +67,7 @@ fn type_bytes_match_the_protocol_document() {
         assert_eq!(ty as u8, byte, "{}", ty.name());
         assert_eq!(FrameType::from_u8(byte), Some(ty));
     }
-    assert_eq!(FrameType::ALL.len(), 28);
+    assert_eq!(FrameType::ALL.len(), 29);
 }
 
 #[test]
@@ -257,7 +258,7 @@ fn counts_larger_than_the_input_are_refused_before_allocation() {
 
 #[test]
 fn unknown_types_flags_and_reserved_bits_are_refused() {
-    for ty in [0x00, 0x07, 0x0F, 0x17, 0x26, 0x35, 0x44, 0xFF] {
+    for ty in [0x00, 0x07, 0x0F, 0x17, 0x26, 0x36, 0x44, 0xFF] {
         assert_eq!(
             Frame::decode(&framed(ty, &[]), &limits()),
             Err(DecodeFrameError::UnknownType { frame_type: ty })

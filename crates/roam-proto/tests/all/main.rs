@@ -167,6 +167,7 @@ pub fn samples() -> Vec<Frame> {
                 destination: text.to_owned(),
             },
             Frame::Return { worker: w },
+            Frame::Checkpoint { worker: w },
             Frame::Release {
                 worker: w,
                 last_seq: n,

@@ -827,3 +827,38 @@ fn pre_copy_rounds_are_refused_on_a_version_1_connection() {
     let err = link.node.on_frame(&state_round(W, 0)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
 }
+
+#[test]
+fn a_checkpoint_sends_the_state_and_leaves_the_worker_attached() {
+    let attached = |link: &mut Link| {
+        link.send_to_client(&Frame::Attached {
+            worker: W,
+            last_seq: 0,
+        })
+        .unwrap();
+    };
+    // Version 2 has no checkpoints.
+    let mut old = Link::speaking(NodeRole::Edge, 2);
+    attached(&mut old);
+    let err = old
+        .node
+        .on_frame(&Frame::Checkpoint { worker: W })
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+    // Nor may anyone but the worker's owner ask.
+    let mut link = Link::connected(NodeRole::Edge);
+    let err = link
+        .node
+        .on_frame(&Frame::Checkpoint { worker: W })
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unauthorized);
+    attached(&mut link);
+    link.send_to_node(&Frame::Checkpoint { worker: W }).unwrap();
+    assert!(matches!(link.node.state(), NodeState::SendingState { .. }));
+    assert!(matches!(link.client.state(), ClientState::Returning { .. }));
+    // Until the state went out, the connection takes nothing else for the worker.
+    assert!(link
+        .client
+        .on_send(&Frame::Checkpoint { worker: W })
+        .is_err());
+}
