@@ -355,6 +355,24 @@ impl AutoPlacer {
             }
         }
         drop(nodes);
+        // State that crossed a link is traffic already flowing: its bandwidth, less the
+        // round trip the timing includes.
+        let mut nodes = self.nodes.lock().expect("placer nodes");
+        for transfer in handle.take_transfers() {
+            if let Some(probed) = nodes.get_mut(&transfer.node) {
+                let rtt = probed.link.estimate(now).map_or(0.0, |e| e.rtt);
+                let direction = if transfer.up {
+                    Direction::Up
+                } else {
+                    Direction::Down
+                };
+                let seconds = (transfer.seconds - rtt).max(1e-4);
+                probed
+                    .link
+                    .on_transfer(now, direction, transfer.bytes, seconds);
+            }
+        }
+        drop(nodes);
         let stale = self
             .last_state_at
             .is_none_or(|at| at.elapsed() > Duration::from_secs(5));

@@ -213,17 +213,33 @@ pub struct WorkerHandle {
     /// never a step that changes the handle's state.
     deadline: Option<tokio::time::Instant>,
     /// A checkpoint under way: a copy of the worker's state coming from its node.
-    checkpointing: Option<tokio::task::JoinHandle<Result<Snapshot, ClientError>>>,
+    checkpointing: Option<tokio::task::JoinHandle<Result<(Snapshot, Transfer), ClientError>>>,
     /// A checkpoint that arrived ahead of the replies: it becomes the recovery point once
     /// every reply of the messages it handled has been delivered (a recovery from it could
     /// not give them again).
     checkpoint_ready: Option<Snapshot>,
+    /// State transfers timed since the last [`take_transfers`](Self::take_transfers).
+    transfers: Vec<Transfer>,
     /// When the recovery point was last renewed (or the worker last arrived on a node).
     recovery_at: Instant,
 }
 
 /// Observations kept when nobody takes them.
 const MAX_OBSERVATIONS: usize = 4096;
+
+/// Bytes of state that crossed the link to a node, timed: the traffic a placement policy
+/// measures bandwidth from without probing.
+#[derive(Clone, Debug)]
+pub(crate) struct Transfer {
+    /// The node at the other end.
+    pub node: String,
+    /// From the device to the node (otherwise back).
+    pub up: bool,
+    /// How many bytes.
+    pub bytes: u64,
+    /// How long they took, one round trip included.
+    pub seconds: f64,
+}
 
 /// What the handle saw of one message.
 #[derive(Clone, Debug)]
@@ -364,6 +380,7 @@ impl WorkerHandle {
             deadline: None,
             checkpointing: None,
             checkpoint_ready: None,
+            transfers: Vec::new(),
             recovery_at: Instant::now(),
         })
     }
@@ -599,6 +616,17 @@ impl WorkerHandle {
     /// What was seen of the messages handled since the last call.
     pub(crate) fn take_observations(&mut self) -> Vec<Observation> {
         self.observations.drain(..).collect()
+    }
+
+    fn record_transfer(&mut self, transfer: Transfer) {
+        if self.transfers.len() < MAX_OBSERVATIONS {
+            self.transfers.push(transfer);
+        }
+    }
+
+    /// The state transfers timed since the last call.
+    pub(crate) fn take_transfers(&mut self) -> Vec<Transfer> {
+        std::mem::take(&mut self.transfers)
     }
 
     /// Bytes of the worker's memory that are not zero, counted in 4 KiB pages, when it
@@ -1009,6 +1037,18 @@ impl WorkerHandle {
             bandwidth = Some(measured);
         }
         if let Some(bandwidth) = bandwidth {
+            let transfer = Transfer {
+                node: offload.to.clone(),
+                up: true,
+                bytes: offload.previous,
+                seconds: offload.previous as f64 / bandwidth.max(1.0),
+            };
+            if self.transfers.len() < MAX_OBSERVATIONS {
+                self.transfers.push(transfer);
+            }
+            let Some(offload) = &mut self.offloading else {
+                return Ok(());
+            };
             offload.awaiting = false;
             if offload.paused {
                 return Ok(());
@@ -1335,7 +1375,10 @@ impl WorkerHandle {
             };
             self.checkpointing = None;
             match done {
-                Ok(Ok(snapshot)) => self.checkpoint_ready = Some(snapshot),
+                Ok(Ok((snapshot, transfer))) => {
+                    self.record_transfer(transfer);
+                    self.checkpoint_ready = Some(snapshot);
+                }
                 Ok(Err(e)) => tracing::debug!("no checkpoint this time: {e}"),
                 Err(e) => tracing::debug!("the checkpoint stopped: {e}"),
             }
@@ -1368,15 +1411,22 @@ impl WorkerHandle {
         let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
         self.recovery_at = Instant::now();
         self.checkpointing = Some(tokio::spawn(async move {
+            let started = Instant::now();
             let request = Frame::Checkpoint { worker };
             let (mut conn, manifest, bodies) =
                 fetch_state(&url, &options, worker, secret, module_hash, held, request).await?;
+            let transfer = Transfer {
+                node: url,
+                up: false,
+                bytes: conn.bytes_in,
+                seconds: started.elapsed().as_secs_f64(),
+            };
             let last_seq = manifest.last_seq;
             let snapshot = Snapshot::from_parts(manifest, bodies)
                 .map_err(|e| ClientError::State(e.to_string()))?;
             conn.send(&Frame::StateAdopted { worker, last_seq }).await?;
             conn.close().await;
-            Ok(snapshot)
+            Ok((snapshot, transfer))
         }));
     }
 
