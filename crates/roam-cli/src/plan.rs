@@ -241,10 +241,16 @@ pub fn exec_auto(
                 m.replayed
             )
         };
+        // A move that fails leaves the worker where it was (or recovered here): the
+        // policy decides again from there.
         let report = |worker: &mut WorkerHandle, on_event: &mut dyn FnMut(&str)| -> Result<()> {
-            if let Some(result) = worker.take_move_result() {
-                let m = result.context("a move the placement policy began failed")?;
-                on_event(&describe(&m));
+            match worker.take_move_result() {
+                Some(Ok(m)) => on_event(&describe(&m)),
+                Some(Err(e)) => on_event(&format!(
+                    "a move failed ({e}); the worker is at {}",
+                    worker.place()
+                )),
+                None => {}
             }
             Ok(())
         };
@@ -286,12 +292,13 @@ pub fn exec_auto(
                 write_record(&mut out, &reply.payload).context("cannot write a reply")?;
             }
         }
-        if let Some(m) = worker
-            .finish_move()
-            .await
-            .context("a move the placement policy began failed")?
-        {
-            on_event(&describe(&m));
+        match worker.finish_move().await {
+            Ok(Some(m)) => on_event(&describe(&m)),
+            Ok(None) => {}
+            Err(e) => on_event(&format!(
+                "a move failed ({e}); the worker is at {}",
+                worker.place()
+            )),
         }
         worker.drain().await?;
         for reply in worker.take_replies() {
