@@ -127,7 +127,7 @@ interface AutoResult {
   moves: { kind: string; from: string; to: string; automatic: boolean; afterPosts: number; durationMs: number }[];
   /** Each placement event: its action, target and reason, and how many messages had been
    * posted then. */
-  placements: { action: string; to: string | null; reason: string; afterPosts: number }[];
+  placements: { action: string; to: string | null; reason: string; afterPosts: number; decision: PlacementDecision }[];
   /** The last decision, whatever it was. */
   last: PlacementDecision | null;
   where: string;
@@ -135,9 +135,17 @@ interface AutoResult {
 }
 
 /** A physics worker of `cubes` cubes with automatic placement (unless `options` say
- * otherwise), posted `total` messages (an init, then `steps` steps each) one every
- * `paceMs`. */
-async function autoRun(total: number, paceMs: number, cubes: number, steps: number, options: RoamWorkerOptions): Promise<AutoResult> {
+ * otherwise), posted `total` messages one every `paceMs`: `steps` steps each, and the
+ * scene built afresh every `reinitEvery` messages (first of all too), so the cubes never
+ * come to rest and every message keeps costing about the same. */
+async function autoRun(
+  total: number,
+  paceMs: number,
+  cubes: number,
+  steps: number,
+  reinitEvery: number,
+  options: RoamWorkerOptions,
+): Promise<AutoResult> {
   const worker = new RoamWorker("/workers/physics.wasm", { cloud: config.cloud, placement: "auto", ...options });
   const replies: ArrayBuffer[] = [];
   const errors: string[] = [];
@@ -151,14 +159,15 @@ async function autoRun(total: number, paceMs: number, cubes: number, steps: numb
     moves.push({ kind, from, to, automatic: event.automatic, afterPosts: posted, durationMs });
   };
   worker.addEventListener("placement", (event) => {
-    const { action, to, reason } = (event as PlacementEvent).decision;
-    placements.push({ action, to, reason, afterPosts: posted });
+    const decision = (event as PlacementEvent).decision;
+    const { action, to, reason } = decision;
+    placements.push({ action, to, reason, afterPosts: posted, decision });
   });
   await worker.ready;
   const started = performance.now();
   while (posted < total) {
     posted += 1;
-    worker.postMessage(posted === 1 ? physicsInit(cubes, 7) : physicsStep(steps));
+    worker.postMessage(posted % reinitEvery === 1 ? physicsInit(cubes, 7) : physicsStep(steps));
     // A steady pace, kept against the clock rather than from one post to the next.
     const next = started + posted * paceMs;
     await new Promise((r) => setTimeout(r, Math.max(0, next - performance.now())));

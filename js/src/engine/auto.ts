@@ -33,6 +33,9 @@ const COMPRESSION_GUESS = 0.6;
 const STATE_EVERY_MS = 5000;
 /** Edges learnt from the cloud that are probed, at most (the core keeps 64 nodes). */
 const MAX_EDGES = 32;
+/** Round trips a node's sample is the median of: a loaded browser answers a probe now
+ * and then tens of ms late, which one raw sample would carry into the average. */
+const RTT_WINDOW = 3;
 
 /** A probe's answer and how long it took: `wall` on this thread's clock (from the call to
  * the body's end, so a busy thread adds to it), `phases` as the network stack saw them —
@@ -117,6 +120,15 @@ export class AutoPlacer {
    * not sent to whichever node answered first. */
   private readonly unprobed = new Map<string, number>();
   private discovering = false;
+  /** The probes' Resource Timing entries by URL, as the browser reports them: after the
+   * body has been read, not always before. */
+  private readonly timings = new Map<string, PerformanceResourceTiming>();
+  private readonly observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      if (this.awaited.has(entry.name)) this.timings.set(entry.name, entry as PerformanceResourceTiming);
+    }
+  });
+  private readonly awaited = new Set<string>();
 
   private constructor(
     private readonly core: RoamCore,
@@ -128,6 +140,7 @@ export class AutoPlacer {
     private readonly baseSpeed: number,
   ) {
     this.ticker = setInterval(() => this.tick(), TICK_MS);
+    this.observer.observe({ type: "resource" });
     if (settings.stayLocal) return; // nothing to measure: the worker never leaves
     if (settings.cloud) {
       if (settings.allowCloud) this.watch(settings.cloud, "cloud");
@@ -189,6 +202,7 @@ export class AutoPlacer {
   terminate(): void {
     this.stop.abort();
     clearInterval(this.ticker);
+    this.observer.disconnect();
     this.watched.clear();
     try {
       this.core.planDrop(this.planner);
@@ -239,20 +253,31 @@ export class AutoPlacer {
    * placer stops; with the network stack's timing of it when the browser kept one. */
   private async fetch(url: string, init: RequestInit = {}): Promise<Timed> {
     // A unique URL finds the request's own Resource Timing entry.
-    const unique = `${url}${url.includes("?") ? "&" : "?"}n=${++this.requests}`;
-    const started = performance.now();
-    const response = await fetch(unique, {
-      ...init,
-      cache: "no-store",
-      signal: AbortSignal.any([this.stop.signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]),
-    });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const body = await response.arrayBuffer();
-    const wall = (performance.now() - started) / 1000;
-    const entry = performance.getEntriesByName(new URL(unique).href, "resource").at(-1) as
-      | PerformanceResourceTiming
-      | undefined;
-    performance.clearResourceTimings();
+    const unique = new URL(`${url}${url.includes("?") ? "&" : "?"}n=${++this.requests}`).href;
+    this.awaited.add(unique);
+    let body: ArrayBuffer;
+    let wall: number;
+    let entry: PerformanceResourceTiming | undefined;
+    try {
+      const started = performance.now();
+      const response = await fetch(unique, {
+        ...init,
+        cache: "no-store",
+        signal: AbortSignal.any([this.stop.signal, AbortSignal.timeout(PROBE_TIMEOUT_MS)]),
+      });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      body = await response.arrayBuffer();
+      wall = (performance.now() - started) / 1000;
+      for (let i = 0; i < 20 && !this.timings.has(unique) && !this.stopped; i++) {
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      entry = this.timings.get(unique);
+    } finally {
+      this.awaited.delete(unique);
+      this.timings.delete(unique);
+      // The buffer would fill up (250 entries) and stop taking any.
+      performance.clearResourceTimings();
+    }
     // The nodes send Timing-Allow-Origin, which opens the request's phases to this origin.
     const phases = entry && entry.requestStart > 0 && entry.responseStart >= entry.requestStart
       ? {
@@ -266,6 +291,10 @@ export class AutoPlacer {
   /** Measures one node until the placer stops. */
   private async probe(url: string): Promise<void> {
     const base = httpBase(url);
+    // A first request that is not timed: a new connection's first answers can take
+    // hundreds of ms, and the first sample is the average's starting point.
+    await this.fetch(`${base}/healthz`).catch(() => null);
+    const recent: number[] = [];
     while (!this.stopped && this.watched.has(url)) {
       try {
         const answer = await this.fetch(`${base}/healthz`);
@@ -276,13 +305,18 @@ export class AutoPlacer {
           ? health.speed
           : null;
         this.events.push({ type: "node", url, kind: health.role === "cloud" ? "cloud" : "edge", speed });
-        this.events.push({ type: "round_trip", url, at: nowSeconds(), rtt });
+        recent.push(rtt);
+        if (recent.length > RTT_WINDOW) recent.shift();
+        const median = [...recent].sort((a, b) => a - b)[Math.floor(recent.length / 2)];
+        this.events.push({ type: "round_trip", url, at: nowSeconds(), rtt: median });
+        // The first decisions wait for a full window.
+        if (recent.length >= RTT_WINDOW) this.unprobed.delete(url);
         await this.measureBandwidth(url, base);
       } catch (e) {
         if (this.stopped) return;
         this.events.push({ type: "failure", url, at: nowSeconds() });
+        this.unprobed.delete(url);
       }
-      this.unprobed.delete(url);
       await this.sleep(this.settings.probeEveryMs);
     }
   }
