@@ -1,12 +1,22 @@
 // What the browser tests and the benchmark drive inside the page (pages/test.html):
 // workers run through plans of moves while messages are posted, and the replies they saw.
 
-import { RoamWorker, type MoveReport, type RoamWorkerOptions, type SnapshotCheck } from "../src/index.js";
+import {
+  RoamWorker,
+  type MoveEvent,
+  type MoveReport,
+  type PlacementDecision,
+  type PlacementEvent,
+  type RoamWorkerOptions,
+  type SnapshotCheck,
+} from "../src/index.js";
 
 interface Config {
   cloud: string;
   edgeA: string;
   edgeB: string;
+  /** An edge that reports itself 100 times as fast as the reference core (tests only). */
+  fastEdge: string | null;
 }
 
 /** A place by the name the tests use. */
@@ -107,6 +117,69 @@ async function run(kind: "counter" | "physics", steps: Step[], cubes = 200): Pro
     ),
   );
   return { replies: digests, moves, where, errors };
+}
+
+/** What a physics worker under automatic placement did. */
+interface AutoResult {
+  replies: string[];
+  /** Each move: kind, from, to, whether automatic placement made it, and how many
+   * messages had been posted when it ended. */
+  moves: { kind: string; from: string; to: string; automatic: boolean; afterPosts: number; durationMs: number }[];
+  /** Each placement event: its action, target and reason, and how many messages had been
+   * posted then. */
+  placements: { action: string; to: string | null; reason: string; afterPosts: number; decision: PlacementDecision }[];
+  /** The last decision, whatever it was. */
+  last: PlacementDecision | null;
+  where: string;
+  errors: string[];
+}
+
+/** A physics worker of `cubes` cubes with automatic placement (unless `options` say
+ * otherwise), posted `total` messages one every `paceMs`: `steps` steps each, and the
+ * scene built afresh every `reinitEvery` messages (first of all too), so the cubes never
+ * come to rest and every message keeps costing about the same. */
+async function autoRun(
+  total: number,
+  paceMs: number,
+  cubes: number,
+  steps: number,
+  reinitEvery: number,
+  options: RoamWorkerOptions,
+): Promise<AutoResult> {
+  const worker = new RoamWorker("/workers/physics.wasm", { cloud: config.cloud, placement: "auto", ...options });
+  const replies: ArrayBuffer[] = [];
+  const errors: string[] = [];
+  const moves: AutoResult["moves"] = [];
+  const placements: AutoResult["placements"] = [];
+  let posted = 0;
+  worker.onmessage = (event) => replies.push(event.data);
+  worker.onerror = (event) => errors.push(event.message);
+  worker.onmove = (event: MoveEvent) => {
+    const { kind, from, to, durationMs } = event.report;
+    moves.push({ kind, from, to, automatic: event.automatic, afterPosts: posted, durationMs });
+  };
+  worker.addEventListener("placement", (event) => {
+    const decision = (event as PlacementEvent).decision;
+    const { action, to, reason } = decision;
+    placements.push({ action, to, reason, afterPosts: posted, decision });
+  });
+  await worker.ready;
+  const started = performance.now();
+  while (posted < total) {
+    posted += 1;
+    worker.postMessage(posted % reinitEvery === 1 ? physicsInit(cubes, 7) : physicsStep(steps));
+    // A steady pace, kept against the clock rather than from one post to the next.
+    const next = started + posted * paceMs;
+    await new Promise((r) => setTimeout(r, Math.max(0, next - performance.now())));
+  }
+  await until(() => replies.length >= total || errors.length > 0, 60_000, `${total} replies`);
+  await new Promise((r) => setTimeout(r, 200));
+  const result = { moves, placements, last: worker.placement, where: worker.where, errors };
+  worker.terminate();
+  const digests = await Promise.all(
+    replies.map(async (reply) => hex(new Uint8Array(await crypto.subtle.digest("SHA-256", reply)))),
+  );
+  return { replies: digests, ...result };
 }
 
 /** Starts a worker from `url` with `options`; resolves with the first error reported. */
@@ -211,6 +284,6 @@ async function snapshotThroughput(cubes: number, steps: number, repeats: number)
   return checks;
 }
 
-const harness = { config, run, startError, refusedMove, snapshotRoundTrip, frameRate, snapshotThroughput };
+const harness = { config, run, autoRun, startError, refusedMove, snapshotRoundTrip, frameRate, snapshotThroughput };
 (globalThis as unknown as { harness: typeof harness }).harness = harness;
 document.getElementById("status")!.textContent = "ready";

@@ -1,16 +1,25 @@
 // RoamWorker: a Web Worker whose running state can move to an edge node, on to another
 // edge or the cloud, and back to the page, while the page keeps posting to it.
 
-import type { FromEngine, MoveReport, Place, SnapshotCheck, ToEngine } from "./messages.js";
+import type { AutoPlacementSettings, FromEngine, MoveReport, Place, PlacementDecision, SnapshotCheck, ToEngine } from "./messages.js";
 
-export type { MoveReport, Place, SnapshotCheck } from "./messages.js";
+export type {
+  MoveReport,
+  Place,
+  PlacementDecision,
+  PlacementNode,
+  PlacePrediction,
+  SnapshotCheck,
+} from "./messages.js";
 
-/** Where the worker may run, for the automatic placement to come; checked now, and
- * `stayLocal` and `allowCloud` already bind `moveTo`. */
+/** Where the worker may run. Automatic placement honours all of them; `stayLocal` and
+ * `allowCloud` also bind `moveTo`. */
 export interface PlacementRequirements {
-  /** The longest round trip a message may take where the worker runs, in ms. */
+  /** The longest a message may take from post to reply where the worker runs, in ms:
+   * places predicted to miss it are not chosen (unless none meets it). */
   latencyBudgetMs?: number;
-  /** The longest pause a move may cause the application, in ms. */
+  /** The longest pause a move may cause the application, in ms: moves predicted to pause
+   * the worker longer are not made. */
   maxMoveStallMs?: number;
   /** Whether the worker may run on the cloud node (default true). */
   allowCloud?: boolean;
@@ -19,7 +28,12 @@ export interface PlacementRequirements {
 }
 
 export interface RoamWorkerOptions extends PlacementRequirements {
-  /** The cloud node's URL (`ws://` or `wss://`). */
+  /** `"manual"` (the default): the worker moves only when `moveTo` is called. `"auto"`:
+   * the SDK measures the worker's messages and the links to the cloud and the edges, and
+   * moves the worker where its messages are answered soonest (see docs/browser.md). */
+  placement?: "auto" | "manual";
+  /** The cloud node's URL (`ws://` or `wss://`). With automatic placement the edges
+   * registered with it are candidates too. */
   cloud?: string;
   /** The edge nodes' URLs. */
   edges?: string[];
@@ -30,14 +44,27 @@ export interface RoamWorkerOptions extends PlacementRequirements {
   deviceSlowdown?: number;
 }
 
-/** The `move` event: a move finished; `report` says what it cost. */
+/** The `move` event: a move finished; `report` says what it cost. `automatic` is true
+ * when automatic placement made it. */
 export class MoveEvent extends Event {
-  constructor(readonly report: MoveReport) {
+  constructor(
+    readonly report: MoveReport,
+    readonly automatic = false,
+  ) {
     super("move");
   }
 }
 
+/** The `placement` event: automatic placement began a move (`decision.action` "move") or
+ * could not make one ("move-failed"); `decision.reason` says why. */
+export class PlacementEvent extends Event {
+  constructor(readonly decision: PlacementDecision) {
+    super("placement");
+  }
+}
+
 const KNOWN_OPTIONS = new Set([
+  "placement",
   "cloud",
   "edges",
   "name",
@@ -59,7 +86,10 @@ function isNodeUrl(url: unknown): url is string {
   }
 }
 
-function checkOptions(options: RoamWorkerOptions): Required<Pick<RoamWorkerOptions, "edges" | "allowCloud" | "stayLocal" | "name" | "deviceSlowdown">> & RoamWorkerOptions {
+function checkOptions(
+  options: RoamWorkerOptions,
+): Required<Pick<RoamWorkerOptions, "placement" | "edges" | "allowCloud" | "stayLocal" | "name" | "deviceSlowdown">> &
+  RoamWorkerOptions {
   if (typeof options !== "object" || options === null) {
     throw new TypeError("RoamWorker options must be an object");
   }
@@ -94,8 +124,13 @@ function checkOptions(options: RoamWorkerOptions): Required<Pick<RoamWorkerOptio
   if (options.name !== undefined && typeof options.name !== "string") {
     throw new TypeError("name must be a string");
   }
+  const placement = options.placement ?? "manual";
+  if (placement !== "auto" && placement !== "manual") {
+    throw new TypeError(`placement must be "auto" or "manual", not ${JSON.stringify(options.placement)}`);
+  }
   return {
     ...options,
+    placement,
     edges: [...edges],
     allowCloud: options.allowCloud ?? true,
     stayLocal: options.stayLocal ?? false,
@@ -133,10 +168,12 @@ export class RoamWorker extends EventTarget {
   onmessage: ((event: MessageEvent<ArrayBuffer>) => void) | null = null;
   onerror: ((event: ErrorEvent) => void) | null = null;
   onmove: ((event: MoveEvent) => void) | null = null;
+  onplacement: ((event: PlacementEvent) => void) | null = null;
 
   private readonly engine: Worker;
   private readonly options: ReturnType<typeof checkOptions>;
   private place: Place = "local";
+  private lastDecision: PlacementDecision | null = null;
   private terminated = false;
   private nextId = 1;
   private readonly moves = new Map<number, Pending<MoveReport | null>>();
@@ -156,15 +193,40 @@ export class RoamWorker extends EventTarget {
     this.engine = new Worker(new URL("./engine/engine.js", import.meta.url), { type: "module" });
     this.engine.onmessage = (event: MessageEvent<FromEngine>) => this.fromEngine(event.data);
     this.engine.onerror = (event) => this.error(`the worker's engine failed: ${event.message}`);
+    const o = this.options;
+    const auto: AutoPlacementSettings | null = o.placement === "auto"
+      ? {
+          cloud: o.cloud ?? null,
+          edges: o.edges,
+          latencyBudgetMs: o.latencyBudgetMs ?? null,
+          maxMoveStallMs: o.maxMoveStallMs ?? null,
+          allowCloud: o.allowCloud,
+          stayLocal: o.stayLocal,
+          probeEveryMs: 500,
+          discoverEveryMs: 5000,
+        }
+      : null;
     this.toEngine({
       kind: "start",
       settings: {
         moduleUrl: url.href,
         coreUrl: new URL("./roam_web.wasm", import.meta.url).href,
-        clientName: this.options.name,
-        deviceSlowdown: this.options.deviceSlowdown,
+        clientName: o.name,
+        deviceSlowdown: o.deviceSlowdown,
+        auto,
       },
     });
+  }
+
+  /** `"auto"` or `"manual"`, as the options said. */
+  get placementMode(): "auto" | "manual" {
+    return this.options.placement;
+  }
+
+  /** Automatic placement's latest decision — to stay, with its reason, or to move — and
+   * what it was made from; null with manual placement or before the first. */
+  get placement(): PlacementDecision | null {
+    return this.lastDecision;
   }
 
   /** Where the worker runs now: `"local"` or the node's URL. */
@@ -186,7 +248,8 @@ export class RoamWorker extends EventTarget {
   postMessage(data: ArrayBuffer | ArrayBufferView | string): void {
     if (this.terminated) return;
     const bytes = bytesOf(data);
-    this.toEngine({ kind: "post", data: bytes }, [bytes.buffer]);
+    const at = performance.timeOrigin + performance.now();
+    this.toEngine({ kind: "post", data: bytes, at }, [bytes.buffer]);
   }
 
   /**
@@ -269,8 +332,17 @@ export class RoamWorker extends EventTarget {
         this.moves.get(message.id)?.resolve(message.report);
         this.moves.delete(message.id);
         if (message.report) {
-          const event = new MoveEvent(message.report);
+          const event = new MoveEvent(message.report, message.id === 0);
           this.onmove?.(event);
+          this.dispatchEvent(event);
+        }
+        break;
+      }
+      case "placement": {
+        this.lastDecision = message.decision;
+        if (message.decision.action !== "stay") {
+          const event = new PlacementEvent(message.decision);
+          this.onplacement?.(event);
           this.dispatchEvent(event);
         }
         break;

@@ -40,26 +40,87 @@ export interface SnapshotCheck {
   restoreMs: number;
 }
 
+/** What automatic placement predicts for one place. */
+export interface PlacePrediction {
+  /** `"local"` or a node's URL. */
+  place: Place;
+  /** From a post to its reply, queueing included (null: not finite, messages pile up). */
+  latencyMs: number | null;
+  /** The handler's share of it. */
+  handlerMs: number;
+  /** The busiest stage's share of the time between messages (≥ 1: messages pile up). */
+  utilisation: number;
+  /** How long a move there would pause the worker (0 where it runs). */
+  stallMs: number;
+}
+
+/** What automatic placement knows of a node. */
+export interface PlacementNode {
+  url: string;
+  kind: "edge" | "cloud";
+  /** Its calibrated speed relative to the reference core, once it said. */
+  speed: number | null;
+  /** The smoothed round trip of `GET /healthz`; null while it cannot be reached. */
+  rttMs: number | null;
+  /** Bytes per second each way from `/probe`, once measured. */
+  upBytesPerSecond: number | null;
+  downBytesPerSecond: number | null;
+}
+
+/** A decision of automatic placement, and why. */
+export interface PlacementDecision {
+  /** `move`: a move to `to` begins; `stay`: the worker stays; `move-failed`: the move to
+   * `to` could not be made and the worker runs where it was. */
+  action: "move" | "stay" | "move-failed";
+  from: Place;
+  to: Place | null;
+  /** Why, in words (roam-place's reason, or why the move failed). */
+  reason: string;
+  predictions: PlacePrediction[];
+  nodes: PlacementNode[];
+  /** This device's calibrated speed relative to the reference core (slowdown included). */
+  deviceSpeed: number;
+}
+
+/** Automatic placement's settings (absent: placement is manual). */
+export interface AutoPlacementSettings {
+  cloud: string | null;
+  edges: string[];
+  latencyBudgetMs: number | null;
+  maxMoveStallMs: number | null;
+  allowCloud: boolean;
+  stayLocal: boolean;
+  /** How often each node's round trip is measured. */
+  probeEveryMs: number;
+  /** How often the cloud is asked for its edges. */
+  discoverEveryMs: number;
+}
+
 /** The settings the engine needs. */
 export interface EngineSettings {
   moduleUrl: string;
   coreUrl: string;
   clientName: string;
   deviceSlowdown: number;
+  auto: AutoPlacementSettings | null;
 }
 
 export type ToEngine =
   | { kind: "start"; settings: EngineSettings }
-  | { kind: "post"; data: Uint8Array }
+  /** `at`: when the page posted it, in ms since the epoch (`timeOrigin + now()`), a clock
+   * both threads share. */
+  | { kind: "post"; data: Uint8Array; at: number }
   | { kind: "move"; id: number; place: Place }
   | { kind: "slowdown"; factor: number }
   | { kind: "check-snapshot"; id: number }
   | { kind: "terminate" };
 
+/** `id` 0 in `moved` and `move-failed`: a move automatic placement began. */
 export type FromEngine =
   | { kind: "ready" }
   | { kind: "message"; data: ArrayBuffer }
   | { kind: "error"; message: string }
+  | { kind: "placement"; decision: PlacementDecision }
   | { kind: "moved"; id: number; report: MoveReport | null; where: Place }
   | { kind: "move-failed"; id: number; message: string; where: Place }
   | { kind: "snapshot-checked"; id: number; result: SnapshotCheck | null; message?: string };

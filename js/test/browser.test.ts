@@ -1,6 +1,7 @@
 // The browser SDK in headless chromium: the counter and physics workers moved
 // page → edge A → edge B → page while messages are posted, compared with runs that never
-// left the page; errors a user would meet; and the demo page, screenshotted.
+// left the page; automatic placement sending a busy worker to a fast edge (and keeping it
+// home when it must stay); errors a user would meet; and the demo page, screenshotted.
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -27,9 +28,19 @@ interface RunResult {
 
 type Step = { place: "local" | "edgeA" | "edgeB" | "cloud"; messages: number };
 
+interface AutoResult {
+  replies: string[];
+  moves: { kind: string; from: string; to: string; automatic: boolean; afterPosts: number; durationMs: number }[];
+  placements: { action: string; to: string | null; reason: string; afterPosts: number; decision: object }[];
+  last: { action: string; reason: string; from: string; deviceSpeed: number; nodes: { url: string; rttMs: number | null; speed: number | null }[] } | null;
+  where: string;
+  errors: string[];
+}
+
 interface Harness {
-  config: { cloud: string; edgeA: string; edgeB: string };
+  config: { cloud: string; edgeA: string; edgeB: string; fastEdge: string | null };
   run(kind: string, steps: Step[], cubes?: number): Promise<RunResult>;
+  autoRun(total: number, paceMs: number, cubes: number, steps: number, reinitEvery: number, options: object): Promise<AutoResult>;
   startError(url: string, options?: object): Promise<string>;
   refusedMove(place: string, options?: object): Promise<{ refusal: string; where: string; answered: boolean }>;
   snapshotRoundTrip(cubes: number, before: number, after: number): Promise<{ replies: string[]; check: { memoryBytes: number; snapshotBytes: number } }>;
@@ -106,6 +117,70 @@ test("physics: a worker captured and restored in the page goes on as if it never
   assert.ok(checked.check.snapshotBytes < checked.check.memoryBytes, "the snapshot is compressed");
 });
 
+// Automatic placement: a physics worker on a device emulated 2× slower than this one, 40
+// steps a message and the scene built afresh every 4 (so the cubes never come to rest),
+// a message every 150 ms; the fast edge says it is 100 times the reference core. A
+// message takes about 30 ms of this machine's time, far more than the round trips to the
+// nodes, so the fast edge is predicted best even though a loaded machine's round trips
+// are noisy.
+const AUTO_CUBES = 200;
+const AUTO_STEPS = 40;
+const AUTO_REINIT_EVERY = 4;
+const AUTO_MESSAGES = 70;
+const AUTO_PACE_MS = 150;
+const AUTO_SLOWDOWN = 2;
+
+function autoRun(total: number, pace: number, options: object): Promise<AutoResult> {
+  return page.evaluate(
+    ([t, p, cubes, steps, every, o]) => harness.autoRun(t, p, cubes, steps, every, o),
+    [total, pace, AUTO_CUBES, AUTO_STEPS, AUTO_REINIT_EVERY, options] as const,
+  );
+}
+
+test("automatic placement: a busy physics worker moves to the fast edge by itself, replies equal an all-local run", async () => {
+  const config = await page.evaluate(() => harness.config);
+  assert.ok(config.fastEdge, "the test cluster has a fast edge");
+  const auto = await autoRun(AUTO_MESSAGES, AUTO_PACE_MS, { deviceSlowdown: AUTO_SLOWDOWN });
+  const local = await autoRun(AUTO_MESSAGES, 0, { placement: "manual" });
+  assert.deepEqual(local.moves, []);
+  assert.equal(local.last, null, "manual placement decides nothing");
+  assert.deepEqual(auto.errors, []);
+  assert.equal(auto.replies.length, AUTO_MESSAGES, "one reply per message, none missing, none twice");
+  assert.deepEqual(auto.replies, local.replies, "the worker answers exactly as one that never moved");
+  assert.ok(auto.moves.length >= 1, `the worker moved (last decision: ${JSON.stringify(auto.last)})`);
+  const first = auto.moves[0];
+  assert.deepEqual(
+    [first.kind, first.from, first.to, first.automatic],
+    ["offload", "local", config.fastEdge, true],
+    `the first move went to the fast edge ${config.fastEdge}: ${JSON.stringify(auto.placements[0])}`,
+  );
+  const began = auto.placements.find((p) => p.action === "move");
+  assert.ok(began, "a placement event said why");
+  assert.equal(began.to, config.fastEdge);
+  const seen = `moves ${JSON.stringify(auto.moves)}, placements ${JSON.stringify(auto.placements)}`;
+  assert.ok(began.afterPosts < (AUTO_MESSAGES * 2) / 3, `it decided early: ${seen}`);
+  // The move itself waits for the fast edge to compile the module it never saw.
+  assert.ok(first.afterPosts < AUTO_MESSAGES, `it got there while messages still came: ${seen}`);
+  // What it sees at the edge decides what follows (on a loaded machine the edge may well
+  // answer slower than predicted, and the worker come back): any later move is automatic.
+  assert.ok(auto.moves.every((m) => m.automatic), "every move was automatic");
+  assert.match(began.reason, /is predicted at .* a message against .* here/);
+  // The fast edge was learnt from the cloud: the options named no edge.
+  assert.ok(auto.last?.nodes.some((n) => n.url === config.fastEdge && n.speed === 100));
+});
+
+test("automatic placement with stayLocal: the same worker stays on the page", async () => {
+  const auto = await autoRun(25, AUTO_PACE_MS, { deviceSlowdown: AUTO_SLOWDOWN, stayLocal: true });
+  assert.deepEqual(auto.errors, []);
+  assert.equal(auto.replies.length, 25);
+  assert.deepEqual(auto.moves, []);
+  assert.deepEqual(auto.placements.length, 0);
+  assert.equal(auto.where, "local");
+  assert.equal(auto.last?.action, "stay");
+  assert.match(auto.last?.reason ?? "", /here; no move pays/);
+  assert.deepEqual(auto.last?.nodes, [], "nothing is probed for a worker that must stay");
+});
+
 test("a module that is not wasm is refused with a clear error", async () => {
   const message = await page.evaluate(() => harness.startError("/pages/test.html"));
   assert.match(message, /not a WebAssembly module/);
@@ -123,6 +198,7 @@ test("bad options are refused when the worker is made", async () => {
     [{ edges: ["http://127.0.0.1:1"] }, /edges must be ws:\/\/ or wss:\/\/ URLs/],
     [{ cloud: "nowhere" }, /cloud must be a ws:\/\/ or wss:\/\/ URL/],
     [{ stayLocal: "yes" }, /stayLocal must be true or false/],
+    [{ placement: "sometimes" }, /placement must be "auto" or "manual"/],
     [{ colour: "red" }, /unknown RoamWorker option `colour`/],
   ];
   for (const [options, expected] of cases) {

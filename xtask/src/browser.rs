@@ -7,7 +7,8 @@
 //! - `cargo xtask bench browser` runs [`bench`].
 //!
 //! Each starts a cloud and two edge nodes on loopback and tells the pages where they are
-//! through `/config.json`.
+//! through `/config.json`; the tests start a third edge that reports itself 100 times as
+//! fast as the reference core (`--speed 100`), for automatic placement to find.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -153,23 +154,32 @@ fn ensure_chromium() -> Result<()> {
     Ok(())
 }
 
-/// A cloud and two edges on loopback, stopped when dropped.
+/// A cloud and two edges on loopback (and, for the tests, a fast edge), stopped when
+/// dropped.
 struct Cluster {
-    /// The cloud, edge A and edge B.
+    /// The cloud, edge A, edge B and the fast edge if any.
     nodes: Vec<nodes::Node>,
     data: PathBuf,
 }
 
 impl Cluster {
-    fn start(roam: &Path) -> Result<Cluster> {
+    fn start(roam: &Path, fast_edge: bool) -> Result<Cluster> {
         let data = std::env::temp_dir().join(format!("roam-browser-{}", std::process::id()));
         let cloud = nodes::Node::start(roam, "cloud", None, &data.join("cloud"))?;
         let edge_a = nodes::Node::start(roam, "edge", Some(cloud.url()), &data.join("edge-a"))?;
         let edge_b = nodes::Node::start(roam, "edge", Some(cloud.url()), &data.join("edge-b"))?;
-        Ok(Cluster {
-            nodes: vec![cloud, edge_a, edge_b],
-            data,
-        })
+        let mut nodes = vec![cloud, edge_a, edge_b];
+        if fast_edge {
+            let fast = nodes::Node::start_with(
+                roam,
+                "edge",
+                Some(nodes[0].url()),
+                &data.join("edge-fast"),
+                &["--speed", "100"],
+            )?;
+            nodes.push(fast);
+        }
+        Ok(Cluster { nodes, data })
     }
 
     fn cloud(&self) -> &str {
@@ -184,10 +194,14 @@ impl Cluster {
         self.nodes[2].url()
     }
 
-    /// What the pages read from `/config.json`.
+    /// What the pages read from `/config.json` (`fastEdge` is null without one).
     fn config(&self) -> String {
+        let fast = self
+            .nodes
+            .get(3)
+            .map_or("null".to_string(), |n| format!(r#""{}""#, n.url()));
         format!(
-            r#"{{"cloud":"{}","edgeA":"{}","edgeB":"{}"}}"#,
+            r#"{{"cloud":"{}","edgeA":"{}","edgeB":"{}","fastEdge":{fast}}}"#,
             self.cloud(),
             self.edge_a(),
             self.edge_b()
@@ -360,7 +374,7 @@ pub fn test() -> Result<()> {
     let roam = roam_binary()?;
     ensure_chromium()?;
     build_sdk()?;
-    let cluster = Cluster::start(&roam)?;
+    let cluster = Cluster::start(&roam, true)?;
     let page = serve(cluster.config())?;
     step(&format!(
         "browser tests (headless chromium, pages at {page})"
@@ -380,7 +394,7 @@ pub fn test() -> Result<()> {
 pub fn demo() -> Result<()> {
     let roam = roam_binary()?;
     build_sdk()?;
-    let cluster = Cluster::start(&roam)?;
+    let cluster = Cluster::start(&roam, false)?;
     let page = serve(cluster.config())?;
     step("demo: the browser page");
     println!(
@@ -408,7 +422,7 @@ pub fn bench() -> Result<()> {
     let roam = roam_binary()?;
     ensure_chromium()?;
     build_sdk()?;
-    let cluster = Cluster::start(&roam)?;
+    let cluster = Cluster::start(&roam, false)?;
     let page = serve(cluster.config())?;
     step("benchmark: browser");
     let results = root().join("bench/results");

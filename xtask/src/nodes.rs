@@ -15,6 +15,17 @@ pub struct Node {
 impl Node {
     /// Starts a node on a free loopback port and waits until it listens.
     pub fn start(roam: &Path, role: &str, cloud: Option<&str>, data_dir: &Path) -> Result<Node> {
+        Node::start_with(roam, role, cloud, data_dir, &[])
+    }
+
+    /// [`Node::start`] with more arguments for `roam serve`.
+    pub fn start_with(
+        roam: &Path,
+        role: &str,
+        cloud: Option<&str>,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Node> {
         let mut cmd = Command::new(roam);
         cmd.args([
             "serve",
@@ -29,6 +40,7 @@ impl Node {
         if let Some(cloud) = cloud {
             cmd.args(["--cloud", cloud]);
         }
+        cmd.args(extra);
         let mut child = cmd.spawn().context("cannot start roam serve")?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped"))

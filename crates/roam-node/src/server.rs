@@ -1,7 +1,8 @@
 //! The server: one axum router on the listen address with the WebSocket endpoint
-//! (`GET /`), `GET /healthz` and `GET /metrics`; the connection limit; start-up (reloading
-//! saved workers, joining the cloud) and graceful shutdown (Goodbye to every session,
-//! every worker captured and saved).
+//! (`GET /`), `GET /healthz`, `GET /metrics` and the link probes (`GET` and `POST
+//! /probe`; these and the health report are readable from any origin, for the browser
+//! SDK); the connection limit; start-up (reloading saved workers, joining the cloud) and
+//! graceful shutdown (Goodbye to every session, every worker captured and saved).
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
@@ -185,7 +186,10 @@ pub async fn run(
         .route("/", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
-        .route("/probe", get(probe_down).post(probe_up))
+        .route(
+            "/probe",
+            get(probe_down).post(probe_up).options(probe_preflight),
+        )
         .with_state(App {
             node: node.clone(),
             alive,
@@ -282,6 +286,31 @@ async fn websocket(
         })
 }
 
+/// Lets a page on another origin read the answer: a browser SDK probes the nodes it could
+/// move a worker to with `fetch`, and nothing a probe or the health report says is
+/// private to one origin.
+const ANY_ORIGIN: (header::HeaderName, &str) = (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+
+/// Lets that page see the request's phases in Resource Timing (sent, first byte, end), so
+/// it times the link as the network stack saw it rather than as its busy thread did.
+const TIMING_ANY_ORIGIN: (header::HeaderName, &str) =
+    (header::HeaderName::from_static("timing-allow-origin"), "*");
+
+/// `OPTIONS /probe`: the preflight of a page's `POST /probe` whose body type is not one a
+/// browser sends without asking (the SDK sends `text/plain`, which needs none).
+async fn probe_preflight() -> Response {
+    (
+        [
+            ANY_ORIGIN,
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "content-type"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+        axum::http::StatusCode::NO_CONTENT,
+    )
+        .into_response()
+}
+
 /// Most bytes a link probe moves either way.
 const MAX_PROBE_BYTES: usize = 1 << 20;
 
@@ -300,7 +329,11 @@ async fn probe_down(
             .into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/octet-stream")],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream"),
+            ANY_ORIGIN,
+            TIMING_ANY_ORIGIN,
+        ],
         vec![0u8; bytes],
     )
         .into_response()
@@ -309,7 +342,7 @@ async fn probe_down(
 /// `POST /probe`: takes the body (at most 1 MiB) and answers its length, for a client to
 /// time its uplink.
 async fn probe_up(body: axum::body::Bytes) -> Response {
-    format!("{}\n", body.len()).into_response()
+    ([ANY_ORIGIN, TIMING_ANY_ORIGIN], format!("{}\n", body.len())).into_response()
 }
 
 async fn healthz(State(app): State<App>) -> Response {
@@ -324,7 +357,11 @@ async fn healthz(State(app): State<App>) -> Response {
         "dev_mode": node.config.dev_mode(),
     });
     (
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            ANY_ORIGIN,
+            TIMING_ANY_ORIGIN,
+        ],
         body.to_string(),
     )
         .into_response()

@@ -1,6 +1,7 @@
 //! Roam's browser core: the snapshot codec (`roam-snapshot`), module preparation
-//! (`roam-prepare`) and the wire protocol (`roam-proto`) compiled to one wasm32 module, so
-//! the browser SDK in `js/` runs the same code as the nodes and the native client.
+//! (`roam-prepare`), the wire protocol (`roam-proto`) and the placement policy
+//! (`roam-place`) compiled to one wasm32 module, so the browser SDK in `js/` runs the same
+//! code as the nodes and the native client.
 //!
 //! The module has no JavaScript glue generator behind it: it exports a small C-style ABI
 //! ([`abi`]) through which the SDK makes *calls*. A call is a JSON object naming the
@@ -15,7 +16,10 @@
 //! - `open` / `send` / `receive` / `adopt` / `close`: one protocol connection to a node,
 //!   checked frame by frame by the protocol's [`roam_proto::ClientSession`]. Connections
 //!   send a worker's state (offload) and receive it (return) without the chunk bodies ever
-//!   leaving this module.
+//!   leaving this module;
+//! - `plan_new` / `plan_feed` / `plan_decide` / `plan_drop` / `calibration`: automatic
+//!   placement ([`plan`]): a `roam-place` planner per worker, fed the SDK's measurements,
+//!   deciding where the worker runs; and the calibration loop the device times.
 //!
 //! Worker ids, module hashes, chunk hashes and secrets travel as lowercase hex strings.
 
@@ -25,6 +29,7 @@ pub mod abi;
 mod conn;
 mod json;
 pub mod ops;
+pub mod plan;
 mod store;
 
 pub use ops::{call, Answer};

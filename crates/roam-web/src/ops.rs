@@ -1,5 +1,5 @@
 //! The operations the SDK calls, by name: modules and snapshots here, connections in
-//! `conn`.
+//! `conn`, placement in `plan`.
 
 use roam_snapshot::{Snapshot, State, DEFAULT_CHUNK_SIZE};
 use serde_json::{json, Value};
@@ -70,6 +70,9 @@ pub fn call(store: &mut Store, request: Request<'_>) -> Result<Answer, String> {
             Ok(Answer::json(Value::Null))
         }
         "open" | "send" | "receive" | "adopt" | "close" => crate::conn::call(store, &op, &request),
+        "plan_new" | "plan_feed" | "plan_decide" | "plan_drop" | "calibration" => {
+            crate::plan::call(store, &op, &request)
+        }
         other => Err(format!("unknown operation `{other}`")),
     }
 }

@@ -1,5 +1,5 @@
-//! What the browser core keeps between calls: the prepared modules, the snapshots taken
-//! and the open connections, each under a small handle the SDK passes back.
+//! What the browser core keeps between calls: the prepared modules, the snapshots taken,
+//! the open connections and the placement planners, each under a small handle the SDK passes back.
 
 use std::collections::HashMap;
 
@@ -7,6 +7,7 @@ use roam_prepare::ModuleInfo;
 use roam_snapshot::{Layout, MemoryLimits, ModuleHash, Snapshot, TableLimits, ValType};
 
 use crate::conn::Conn;
+use crate::plan::Plan;
 
 /// A prepared module: its bytes, what capture and restore need to know about it, and the
 /// layout a snapshot is checked against before it is restored.
@@ -67,6 +68,8 @@ pub struct Store {
     pub snapshots: HashMap<u32, Snapshot>,
     /// Connections by handle.
     pub conns: HashMap<u32, Conn>,
+    /// Placement planners by handle.
+    pub plans: HashMap<u32, Plan>,
     next_handle: u32,
 }
 

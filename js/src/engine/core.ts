@@ -1,6 +1,7 @@
-// The Rust core (crates/roam-web) compiled to wasm: module preparation, snapshots and the
-// wire protocol, the same code the nodes run. A call is a JSON object plus binary blobs,
-// both ways; see crates/roam-web/src/abi.rs for the layout.
+// The Rust core (crates/roam-web) compiled to wasm: module preparation, snapshots, the
+// wire protocol and the placement policy, the same code the nodes and the native client
+// run. A call is a JSON object plus binary blobs, both ways; see crates/roam-web/src/abi.rs
+// for the layout.
 
 interface CoreExports {
   memory: WebAssembly.Memory;
@@ -84,6 +85,7 @@ export type NodeEvent =
 /** A frame the SDK sends, as `send` takes it. */
 export type OutgoingFrame =
   | { type: "Post"; worker: string; seq: number }
+  | { type: "ListNodes" }
   | { type: "Attach"; worker: string; secret: string }
   | { type: "MoveOut"; worker: string; destination: string }
   | { type: "Return"; worker: string }
@@ -91,6 +93,58 @@ export type OutgoingFrame =
   | { type: "StateBegin"; worker: string; secret: string; snapshot: number }
   | { type: "Goodbye"; reason: string }
   | { type: "Error"; code: number; worker: string | null; message: string };
+
+/** What a placement planner requires (crates/roam-web/src/plan.rs); times in seconds. */
+export interface PlanRequirements {
+  latency_budget?: number;
+  max_move_stall?: number;
+  allow_cloud: boolean;
+  stay_local: boolean;
+}
+
+/** A measurement fed to a planner; times in seconds on the engine's clock. */
+export type PlanEvent =
+  | { type: "node"; url: string; kind: "edge" | "cloud"; speed?: number | null }
+  | { type: "round_trip"; url: string; at: number; rtt: number }
+  | { type: "transfer"; url: string; at: number; direction: "up" | "down"; bytes: number; seconds: number }
+  | { type: "failure"; url: string; at: number }
+  | { type: "post"; at: number; bytes: number }
+  | { type: "local_run"; seconds: number; reply_bytes: number }
+  | { type: "node_reply"; url: string; at: number; response: number; request_bytes: number; reply_bytes: number }
+  | { type: "state_bytes"; bytes: number }
+  | { type: "device_speed"; speed: number }
+  | { type: "moved"; at: number; place: string };
+
+/** What a planner knows of a node. */
+export interface PlanNode {
+  url: string;
+  kind: "edge" | "cloud";
+  speed: number | null;
+  reachable: boolean;
+  rtt: number | null;
+  up: number | null;
+  down: number | null;
+  up_due: boolean;
+  down_due: boolean;
+}
+
+/** What the policy predicts for one place. */
+export interface PlanPrediction {
+  id: string;
+  latency: number | null;
+  handler: number;
+  utilisation: number;
+  stall: number;
+}
+
+/** A planner's decision. */
+export interface PlanDecision {
+  move: boolean;
+  to: string | null;
+  reason: string;
+  current: string;
+  predictions: PlanPrediction[];
+}
 
 /** Protocol error codes the SDK sends (docs/protocol.md). */
 export const ERROR_SNAPSHOT_REFUSED = 9;
@@ -208,5 +262,30 @@ export class RoamCore {
 
   close(conn: number): void {
     this.call({ op: "close", conn });
+  }
+
+  /** The calibration loop (`spin(n)`), its steps per run and the reference core's time. */
+  calibration(): { module: Uint8Array; steps: number; referenceSeconds: number } {
+    const { json, blobs } = this.call<{ steps: number; reference_seconds: number }>({ op: "calibration" });
+    return { module: blobs[0], steps: json.steps, referenceSeconds: json.reference_seconds };
+  }
+
+  /** A placement planner for one worker on a device of `deviceSpeed`. */
+  planNew(deviceSpeed: number, requirements: PlanRequirements): number {
+    return this.call<{ planner: number }>({ op: "plan_new", device_speed: deviceSpeed, requirements }).json.planner;
+  }
+
+  /** Feeds measurements to a planner; answers what it knows of every node at `now`. */
+  planFeed(planner: number, now: number, events: PlanEvent[]): PlanNode[] {
+    return this.call<{ nodes: PlanNode[] }>({ op: "plan_feed", planner, now, events }).json.nodes;
+  }
+
+  /** Where the worker should run, at `now`. */
+  planDecide(planner: number, now: number): PlanDecision {
+    return this.call<PlanDecision>({ op: "plan_decide", planner, now }).json;
+  }
+
+  planDrop(planner: number): void {
+    this.call({ op: "plan_drop", planner });
   }
 }

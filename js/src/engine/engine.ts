@@ -3,9 +3,21 @@
 // with every message handled exactly once (the rules of docs/protocol.md, "Messages and
 // replay"): each message gets a sequence number and stays in the log until the worker is
 // known to have handled it; after a move the log above the destination's `last_seq` is
-// sent again, and replies already delivered are dropped.
+// sent again, and replies already delivered are dropped. With automatic placement it also
+// times every message for the placer (auto.ts), which begins moves through the same
+// command queue as the page.
 
-import type { EngineSettings, FromEngine, MoveReport, Place, SnapshotCheck, ToEngine } from "../messages.js";
+import type {
+  AutoPlacementSettings,
+  EngineSettings,
+  FromEngine,
+  MoveReport,
+  Place,
+  PlacementDecision,
+  SnapshotCheck,
+  ToEngine,
+} from "../messages.js";
+import { AutoPlacer, nowSeconds, type PlacedWorker } from "./auto.js";
 import { NodeConnection } from "./conn.js";
 import { ERROR_SNAPSHOT_REFUSED, RoamCore, type NodeEvent } from "./core.js";
 import { LocalWorker, WorkerFailure, type LoadedModule } from "./local.js";
@@ -35,10 +47,24 @@ function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-class Engine {
+/** What the engine saw of a message not yet handled, for automatic placement. */
+interface Posted {
+  /** Seconds (engine clock) when the page posted it. */
+  at: number;
+  bytes: number;
+  replyBytes: number;
+}
+
+const PAGE_BYTES = 4096;
+
+class Engine implements PlacedWorker {
   private readonly id = randomHex(16);
   private readonly secret = randomHex(32);
-  private placement: Placement;
+  private current: Placement;
+  /** When the worker arrived where it runs: messages posted before say nothing of it. */
+  private arrivedAt = nowSeconds();
+  private placer: AutoPlacer | null = null;
+  private readonly posted = new Map<number, Posted>();
   private nextSeq = 1;
   /** Posted and not yet known to be handled, in order. */
   private log: { seq: number; payload: Uint8Array }[] = [];
@@ -55,7 +81,67 @@ class Engine {
     private readonly settings: EngineSettings,
     worker: LocalWorker,
   ) {
-    this.placement = { kind: "local", worker };
+    this.current = { kind: "local", worker };
+  }
+
+  private get placement(): Placement {
+    return this.current;
+  }
+
+  private set placement(placement: Placement) {
+    this.current = placement;
+    this.arrivedAt = nowSeconds();
+  }
+
+  /** Calibrates this device and starts automatic placement. */
+  async startPlacement(settings: AutoPlacementSettings): Promise<void> {
+    this.placer = await AutoPlacer.start(this.core, this, settings, this.settings.clientName, this.settings.deviceSlowdown);
+  }
+
+  localStateBytes(): number | null {
+    if (this.placement.kind !== "local") return null;
+    let memory: Uint8Array;
+    try {
+      memory = this.placement.worker.capture().memory;
+    } catch {
+      return null; // a failed worker goes nowhere
+    }
+    const words = new Uint32Array(memory.buffer, memory.byteOffset, Math.floor(memory.byteLength / 4));
+    const perPage = PAGE_BYTES / 4;
+    let pages = 0;
+    for (let page = 0; page < words.length; page += perPage) {
+      const end = Math.min(words.length, page + perPage);
+      for (let i = page; i < end; i++) {
+        if (words[i] !== 0) {
+          pages += 1;
+          break;
+        }
+      }
+    }
+    return pages * PAGE_BYTES;
+  }
+
+  move(place: Place): Promise<string | null> {
+    return new Promise((resolve) => {
+      enqueue(async () => {
+        try {
+          const result = await this.moveTo(place);
+          report({ kind: "moved", id: 0, report: result, where: this.where });
+          resolve(null);
+        } catch (e) {
+          report({ kind: "move-failed", id: 0, message: messageOf(e), where: this.where });
+          resolve(messageOf(e));
+        }
+      });
+    });
+  }
+
+  decided(decision: PlacementDecision): void {
+    report({ kind: "placement", decision });
+  }
+
+  broke(message: string): void {
+    report({ kind: "error", message });
   }
 
   get where(): Place {
@@ -69,18 +155,24 @@ class Engine {
     }
   }
 
-  post(payload: Uint8Array): void {
+  /** A message the page posted at `postedAt` (seconds, engine clock). */
+  post(payload: Uint8Array, postedAt: number): void {
     if (this.failed) {
       report({ kind: "error", message: `the message was not delivered: ${this.failed}` });
       return;
     }
     const seq = this.nextSeq++;
     this.log.push({ seq, payload });
+    if (this.placer) {
+      this.placer.onPost(postedAt, payload.length);
+      this.posted.set(seq, { at: postedAt, bytes: payload.length, replyBytes: 0 });
+    }
     this.sendLogged(seq, payload);
   }
 
   setSlowdown(factor: number): void {
     this.settings.deviceSlowdown = factor;
+    this.placer?.setSlowdown(factor);
   }
 
   private sendLogged(seq: number, payload: Uint8Array): void {
@@ -113,6 +205,11 @@ class Engine {
         // busy, as a slow CPU would be
       }
     }
+    const seen = this.posted.get(seq);
+    if (this.placer && seen && seen.at >= this.arrivedAt) {
+      const replyBytes = replies.reduce((sum, r) => sum + r.length, 0);
+      this.placer.onLocalRun((performance.now() - started) / 1000, replyBytes);
+    }
     replies.forEach((reply, index) => this.reply(seq, index, reply));
     this.handledThrough(seq);
   }
@@ -126,6 +223,8 @@ class Engine {
       this.partialCount = 0;
     }
     this.partialCount = index + 1;
+    const seen = this.posted.get(seq);
+    if (seen) seen.replyBytes += payload.length;
     const data = payload.byteOffset === 0 && payload.byteLength === payload.buffer.byteLength
       ? (payload.buffer as ArrayBuffer)
       : (payload.slice().buffer as ArrayBuffer);
@@ -134,6 +233,10 @@ class Engine {
 
   private handledThrough(seq: number): void {
     while (this.log.length > 0 && this.log[0].seq <= seq) this.log.shift();
+    for (const s of this.posted.keys()) {
+      if (s > seq) break;
+      this.posted.delete(s);
+    }
     if (seq > this.delivered) this.delivered = seq;
   }
 
@@ -147,9 +250,14 @@ class Engine {
       case "Reply":
         this.reply(event.seq, event.index, event.payload);
         break;
-      case "Handled":
+      case "Handled": {
+        const seen = this.posted.get(event.seq);
+        if (this.placer && seen && event.seq > this.delivered && seen.at >= this.arrivedAt) {
+          this.placer.onNodeReply(conn.url, seen.at, nowSeconds() - seen.at, seen.bytes, seen.replyBytes);
+        }
         this.handledThrough(event.seq);
         break;
+      }
       case "WorkerFailed":
         this.fail(`the worker failed on ${conn.url} handling message ${event.seq}: ${event.reason}`);
         break;
@@ -367,6 +475,8 @@ class Engine {
   }
 
   terminate(): void {
+    this.placer?.terminate();
+    this.placer = null;
     if (this.placement.kind === "remote") {
       try {
         this.placement.conn.send({ type: "Goodbye", reason: "the page terminated the worker" });
@@ -428,10 +538,18 @@ scope.onmessage = (event) => {
           report({ kind: "error", message: messageOf(e) });
         }
       });
+      if (command.settings.auto) {
+        const auto = command.settings.auto;
+        enqueue(() => engine?.startPlacement(auto));
+      }
       break;
-    case "post":
-      enqueue(() => engine?.post(command.data));
+    case "post": {
+      // When the page posted it, on this thread's clock: a message waiting behind a move
+      // or a long handler was still posted then.
+      const at = Math.max(0, Math.min(nowSeconds(), (command.at - performance.timeOrigin) / 1000));
+      enqueue(() => engine?.post(command.data, at));
       break;
+    }
     case "slowdown":
       enqueue(() => engine?.setSlowdown(command.factor));
       break;
