@@ -12,10 +12,10 @@
 mod frame_rate;
 mod moves;
 mod plots;
-mod report;
-mod slow_device;
+pub(crate) mod report;
+pub(crate) mod slow_device;
 mod sweep;
-mod topology;
+pub(crate) mod topology;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -322,7 +322,7 @@ fn summarize(
 fn node_handler_totals(topo: &Topology) -> Result<BTreeMap<Site, (f64, u64)>> {
     Site::NODES
         .iter()
-        .map(|&site| Ok((site, moves::handler_totals(topo.url(site))?)))
+        .map(|&site| Ok((site, crate::node_metrics::handler_totals(topo.url(site))?)))
         .collect()
 }
 
