@@ -99,6 +99,8 @@ fn test() -> Result<()> {
         "roam-worker",
         "-p",
         "roam-proto",
+        "-p",
+        "roam-place",
     ]))?;
 
     // Debug: the workers' release profile uses LTO, which only slows a native test build.

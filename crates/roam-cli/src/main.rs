@@ -55,14 +55,36 @@ enum Command {
         /// Longest one message may run, in seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
-        /// Move the worker while it runs: comma-separated steps COUNT@PLACE, where COUNT is
-        /// a number or `rest` and PLACE is `local`, a node URL `ws://HOST:PORT`, or
-        /// `relay:ws://HOST:PORT` (go there with the state fetched through the cloud).
+        /// Move the worker while it runs: `auto` (the placement policy decides, among the
+        /// cloud given with --cloud, the edges registered with it and those given with
+        /// --edge), or comma-separated steps COUNT@PLACE, where COUNT is a number or `rest`
+        /// and PLACE is `local`, a node URL `ws://HOST:PORT`, or `relay:ws://HOST:PORT` (go
+        /// there with the state fetched through the cloud).
         #[arg(long, conflicts_with_all = ["checkpoint_every", "restore", "save_snapshot"])]
         plan: Option<String>,
-        /// The cloud node that `relay:` plan steps go through.
+        /// The cloud node: where `relay:` plan steps go through, and where `--plan auto`
+        /// finds edges.
         #[arg(long, value_name = "URL")]
         cloud: Option<String>,
+        /// With `--plan auto`: an edge to consider besides those the cloud lists. Repeatable.
+        #[arg(long = "edge", value_name = "URL", requires = "plan")]
+        edges: Vec<String>,
+        /// With `--plan auto`: post one message every MS milliseconds (0: as fast as the
+        /// worker takes them).
+        #[arg(long, value_name = "MS", default_value_t = 0.0, requires = "plan")]
+        interval_ms: f64,
+        /// With `--plan auto`: never run where a message is predicted to take longer.
+        #[arg(long, value_name = "MS", requires = "plan")]
+        latency_budget_ms: Option<f64>,
+        /// With `--plan auto`: never make a move predicted to pause the worker longer.
+        #[arg(long, value_name = "MS", requires = "plan")]
+        max_move_stall_ms: Option<f64>,
+        /// With `--plan auto`: never run on the cloud.
+        #[arg(long, requires = "plan")]
+        no_cloud: bool,
+        /// With `--plan auto`: never leave this device.
+        #[arg(long, requires = "plan")]
+        stay_local: bool,
         /// Print what was done as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -172,6 +194,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             plan,
             cloud,
+            edges,
+            interval_ms,
+            latency_budget_ms,
+            max_move_stall_ms,
+            no_cloud,
+            stay_local,
             json,
         } => {
             if !(timeout.is_finite() && timeout > 0.0) {
@@ -190,6 +218,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ..WorkerLimits::default()
                 },
             };
+            if plan.as_deref() == Some("auto") {
+                let ms = |v: f64, what: &str| -> anyhow::Result<Duration> {
+                    anyhow::ensure!(
+                        v.is_finite() && v >= 0.0,
+                        "--{what} must be a number of milliseconds, not {v}"
+                    );
+                    Ok(Duration::from_secs_f64(v / 1e3))
+                };
+                let auto = roam_client::AutoOptions {
+                    cloud: cloud.clone(),
+                    edges: edges.clone(),
+                    requirements: roam_client::Requirements {
+                        latency_budget: latency_budget_ms
+                            .map(|v| ms(v, "latency-budget-ms"))
+                            .transpose()?,
+                        max_move_stall: max_move_stall_ms
+                            .map(|v| ms(v, "max-move-stall-ms"))
+                            .transpose()?,
+                        allow_cloud: !no_cloud,
+                        stay_local,
+                    },
+                    ..roam_client::AutoOptions::default()
+                };
+                let interval = ms(interval_ms, "interval-ms")?;
+                let handled = roam_cli::plan::exec_auto(&options, auto, interval, &mut |event| {
+                    eprintln!("  {event}")
+                })?;
+                println!("{handled} messages handled, placed automatically");
+                return Ok(());
+            }
+            if !edges.is_empty()
+                || stay_local
+                || no_cloud
+                || latency_budget_ms.is_some()
+                || max_move_stall_ms.is_some()
+            {
+                anyhow::bail!("--edge, --interval-ms, --latency-budget-ms, --max-move-stall-ms, --no-cloud and --stay-local go with --plan auto");
+            }
             if let Some(plan) = plan {
                 let steps = roam_cli::plan::parse_plan(&plan, cloud.as_deref())?;
                 let handled = roam_cli::plan::exec_plan(&options, &steps, &mut |m| {

@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use anyhow::{bail, ensure, Context, Result};
-use roam_client::{MoveReport, Place, WorkerHandle, WorkerOptions};
+use roam_client::{AutoOptions, AutoPlacer, MoveReport, Place, WorkerHandle, WorkerOptions};
 
 use crate::commands::{open_records, ExecOptions};
 use crate::records::write_record;
@@ -88,6 +88,42 @@ fn check_url(url: &str, i: usize, part: &str) -> Result<()> {
     Ok(())
 }
 
+/// What running a worker over a message file needs: the module, the messages, the reply
+/// file and a runtime for the client.
+struct Setup {
+    wasm: Vec<u8>,
+    messages: crate::records::RecordReader<std::io::BufReader<std::fs::File>>,
+    out: std::io::BufWriter<std::fs::File>,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn setup(options: &ExecOptions) -> Result<Setup> {
+    let wasm = std::fs::read(&options.worker)
+        .with_context(|| format!("cannot read {}", options.worker.display()))?;
+    let (messages, out) = open_records(options)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    Ok(Setup {
+        wasm,
+        messages,
+        out,
+        runtime,
+    })
+}
+
+/// The client's settings for a worker limited as `options` says.
+fn worker_options(options: &ExecOptions) -> WorkerOptions {
+    WorkerOptions {
+        runtime: roam_runtime::RuntimeConfig {
+            limits: options.limits.clone(),
+            ..roam_runtime::RuntimeConfig::default()
+        },
+        ..WorkerOptions::default()
+    }
+}
+
 /// Runs the worker over the messages following the plan; `on_move` hears of every move.
 pub fn exec_plan(
     options: &ExecOptions,
@@ -95,22 +131,14 @@ pub fn exec_plan(
     on_move: &mut dyn FnMut(&MoveReport),
 ) -> Result<u64> {
     ensure!(!plan.is_empty(), "the plan is empty");
-    let wasm = std::fs::read(&options.worker)
-        .with_context(|| format!("cannot read {}", options.worker.display()))?;
-    let (mut messages, mut out) = open_records(options)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let Setup {
+        wasm,
+        mut messages,
+        mut out,
+        runtime,
+    } = setup(options)?;
     runtime.block_on(async {
-        let worker_options = WorkerOptions {
-            runtime: roam_runtime::RuntimeConfig {
-                limits: options.limits.clone(),
-                ..roam_runtime::RuntimeConfig::default()
-            },
-            ..WorkerOptions::default()
-        };
-        let mut worker = WorkerHandle::start(&wasm, worker_options)?;
+        let mut worker = WorkerHandle::start(&wasm, worker_options(options))?;
         let mut handled = 0u64;
         let mut exhausted = false;
         // A handoff runs while messages keep flowing: the worker handles them at the
@@ -175,6 +203,102 @@ pub fn exec_plan(
             write_record(&mut out, &reply.payload).context("cannot write a reply")?;
         }
         out.flush().context("cannot write replies")?;
+        Ok(handled)
+    })
+}
+
+/// Runs the worker over the messages, one every `interval` (as fast as the worker takes
+/// them when zero), and lets the placement policy move it; `on_event` hears of every
+/// decision and every move. Returns the messages handled.
+pub fn exec_auto(
+    options: &ExecOptions,
+    auto: AutoOptions,
+    interval: std::time::Duration,
+    on_event: &mut dyn FnMut(&str),
+) -> Result<u64> {
+    let Setup {
+        wasm,
+        mut messages,
+        mut out,
+        runtime,
+    } = setup(options)?;
+    runtime.block_on(async {
+        let worker_options = WorkerOptions {
+            routes: auto.routes.clone(),
+            ..worker_options(options)
+        };
+        let mut worker = WorkerHandle::start(&wasm, worker_options)?;
+        let mut placer = AutoPlacer::new(auto);
+        let mut handled = 0u64;
+        let mut next_post = tokio::time::Instant::now();
+        let describe = |m: &MoveReport| {
+            format!(
+                "{} {} -> {}: {:.1} ms, {} messages replayed",
+                m.kind,
+                m.from,
+                m.to,
+                m.duration.as_secs_f64() * 1e3,
+                m.replayed
+            )
+        };
+        let report = |worker: &mut WorkerHandle, on_event: &mut dyn FnMut(&str)| -> Result<()> {
+            if let Some(result) = worker.take_move_result() {
+                let m = result.context("a move the placement policy began failed")?;
+                on_event(&describe(&m));
+            }
+            Ok(())
+        };
+        while let Some(message) = messages
+            .next_record()
+            .with_context(|| format!("in {}", options.messages.display()))?
+        {
+            // Between posts, keep collecting replies and let the policy look.
+            loop {
+                if let Some(decision) = placer.tick(&mut worker).await? {
+                    on_event(&format!("moving to {}: {}", decision.to, decision.reason));
+                }
+                report(&mut worker, on_event)?;
+                let now = tokio::time::Instant::now();
+                if now >= next_post {
+                    break;
+                }
+                let wait = (next_post - now).min(std::time::Duration::from_millis(50));
+                if worker.pending() > 0 || worker.moving() {
+                    if let Some(reply) = worker.next_reply_within(wait).await? {
+                        write_record(&mut out, &reply.payload).context("cannot write a reply")?;
+                    }
+                } else {
+                    tokio::time::sleep(wait).await;
+                }
+                for reply in worker.take_replies() {
+                    write_record(&mut out, &reply.payload).context("cannot write a reply")?;
+                }
+            }
+            next_post += interval;
+            // A device that cannot keep up still lets the probes and moves run.
+            tokio::task::yield_now().await;
+            worker
+                .post(message)
+                .await
+                .with_context(|| format!("message {}", handled + 1))?;
+            handled += 1;
+            for reply in worker.take_replies() {
+                write_record(&mut out, &reply.payload).context("cannot write a reply")?;
+            }
+        }
+        if let Some(m) = worker
+            .finish_move()
+            .await
+            .context("a move the placement policy began failed")?
+        {
+            on_event(&describe(&m));
+        }
+        worker.drain().await?;
+        for reply in worker.take_replies() {
+            write_record(&mut out, &reply.payload).context("cannot write a reply")?;
+        }
+        out.flush().context("cannot write replies")?;
+        on_event(&format!("finished at {}", worker.place()));
         Ok(handled)
     })
 }

@@ -71,6 +71,18 @@ pub struct ServeArgs {
     /// its own URL; only where this node's connections to it go changes.
     #[arg(long = "route", value_name = "URL=URL", value_parser = parse_route)]
     pub routes: Vec<(String, String)>,
+    /// The speed this node tells the cloud and clients (how many times the reference core
+    /// it runs wasm); measured at start when not given.
+    #[arg(long, value_name = "FACTOR", value_parser = parse_speed)]
+    pub speed: Option<f32>,
+}
+
+/// Parses a speed factor: a finite number above zero.
+fn parse_speed(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(speed) if speed.is_finite() && speed > 0.0 => Ok(speed),
+        _ => Err(format!("`{text}` is not a speed above zero")),
+    }
 }
 
 /// Parses `FROM=TO`, two WebSocket URLs.
@@ -137,6 +149,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.precopy.downtime_target = std::time::Duration::from_millis(args.downtime_target_ms);
         config.precopy.max_rounds = args.precopy_rounds;
         config.chunk_store_bytes = args.chunk_store_mib << 20;
+        config.speed = args.speed;
         config.routes = args.routes.iter().cloned().collect();
         if let Some(name) = &args.name {
             config.name = name.clone();

@@ -1,11 +1,26 @@
 //! Automatic placement: an [`AutoPlacer`] watches a worker's messages and the links to
 //! every place it could run, and moves the worker where its messages are answered soonest.
+//!
+//! The decision is `roam_place`'s [`Planner`]; this module feeds it. Background tasks
+//! keep one probe per candidate node: its round trip every [`AutoOptions::probe_every`]
+//! (`GET /healthz`), and its bandwidth each way (`GET` and `POST /probe`) when the last
+//! sample is over 10 s old and the worker's own messages are not using that link. The
+//! cloud is asked for its edges every [`AutoOptions::discover_every`]. What the handle saw
+//! of each message (the handler's time here, the response time at a node, the sizes)
+//! goes into the worker's profile on every [`AutoPlacer::tick`], which then decides and,
+//! when a move pays, begins it.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use roam_place::{Candidate, Direction, LinkEstimator, PlaceKind, Planner, PlannerSettings, LOCAL};
+use roam_proto::{Frame, NodeRole};
+
+use crate::connection::{dial_url, Connection};
 use crate::error::ClientError;
-use crate::worker::{Place, WorkerHandle};
+use crate::probe::Prober;
+use crate::worker::{Place, WorkerHandle, WorkerOptions};
 
 /// What an application requires of placement; always honoured.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,25 +88,122 @@ pub struct Decision {
     pub reason: String,
 }
 
+/// What the placer knows of a node it could use.
+#[derive(Clone, Debug)]
+pub struct CandidateView {
+    /// The node's URL.
+    pub url: String,
+    /// Whether it is the cloud.
+    pub cloud: bool,
+    /// Its round trip, when it can be reached.
+    pub rtt: Option<Duration>,
+    /// Its bandwidth up and down in bytes per second, when measured.
+    pub bandwidth: Option<(f64, f64)>,
+    /// Its calibrated speed relative to the reference core, when it reported one.
+    pub speed: Option<f64>,
+}
+
+/// Bytes of the bandwidth probes: enough to take some tens of milliseconds on a mobile
+/// link, little against the traffic of a worker worth moving.
+const PROBE_DOWN: usize = 256 << 10;
+const PROBE_UP: usize = 128 << 10;
+
+/// Compressed state per byte of non-zero memory, before a move has shown the real ratio.
+const COMPRESSION_GUESS: f64 = 0.6;
+
+/// One candidate node, shared between its probe task and the placer.
+#[derive(Debug)]
+struct Probed {
+    cloud: bool,
+    speed: Option<f64>,
+    link: LinkEstimator,
+    /// The worker runs there: its messages use the link, so no bandwidth probe does.
+    carrying: bool,
+}
+
+type Shared = Arc<Mutex<BTreeMap<String, Probed>>>;
+
+/// The placer's background tasks, aborted when it is dropped.
+type Tasks = Arc<Mutex<Vec<tokio::task::AbortHandle>>>;
+
 /// Decides where a worker runs and moves it there.
 ///
-/// Measuring runs in the background (tasks on the current tokio runtime); [`tick`] only
-/// reads the measurements, decides, and begins a move when one pays.
+/// Measuring runs in the background (tasks on the current tokio runtime, stopped when the
+/// placer is dropped); [`tick`] only reads the measurements, decides, and begins a move
+/// when one pays.
 ///
 /// [`tick`]: AutoPlacer::tick
 pub struct AutoPlacer {
     options: AutoOptions,
+    planner: Planner,
+    origin: Instant,
+    nodes: Shared,
+    tasks: Tasks,
+    started: bool,
+    /// This device's calibrated speed (measured on the first tick, on its thread).
+    device_speed: f64,
+    /// When the worker arrived where it is: messages posted before are not its runs there.
+    arrived_at: Instant,
+    last_state_at: Option<Instant>,
+    last_decision: Option<String>,
 }
 
 impl AutoPlacer {
     /// A placer; its measurements start on the first [`AutoPlacer::tick`].
     pub fn new(options: AutoOptions) -> AutoPlacer {
-        AutoPlacer { options }
+        let requirements = roam_place::Requirements {
+            latency_budget: options.requirements.latency_budget.map(|d| d.as_secs_f64()),
+            max_move_stall: options.requirements.max_move_stall.map(|d| d.as_secs_f64()),
+            allow_cloud: options.requirements.allow_cloud,
+            stay_local: options.requirements.stay_local,
+        };
+        AutoPlacer {
+            planner: Planner::new(PlannerSettings::default(), requirements),
+            options,
+            origin: Instant::now(),
+            nodes: Arc::default(),
+            tasks: Arc::default(),
+            started: false,
+            device_speed: 1.0,
+            arrived_at: Instant::now(),
+            last_state_at: None,
+            last_decision: None,
+        }
     }
 
     /// The settings.
     pub fn options(&self) -> &AutoOptions {
         &self.options
+    }
+
+    /// The nodes known, with what was measured of them.
+    pub fn candidates(&self) -> Vec<CandidateView> {
+        let now = self.now();
+        let nodes = self.nodes.lock().expect("placer nodes");
+        nodes
+            .iter()
+            .map(|(url, probed)| {
+                let estimate = probed.link.estimate(now);
+                CandidateView {
+                    url: url.clone(),
+                    cloud: probed.cloud,
+                    rtt: estimate.map(|e| Duration::from_secs_f64(e.rtt)),
+                    bandwidth: estimate
+                        .filter(|e| e.bandwidth_measured)
+                        .map(|e| (e.up, e.down)),
+                    speed: probed.speed,
+                }
+            })
+            .collect()
+    }
+
+    /// Why the last decision was made (a move or staying), for logs.
+    pub fn last_reason(&self) -> Option<&str> {
+        self.last_decision.as_deref()
+    }
+
+    fn now(&self) -> f64 {
+        self.origin.elapsed().as_secs_f64()
     }
 
     /// Takes in what `handle` saw since the last call, and begins a move on it
@@ -102,7 +214,310 @@ impl AutoPlacer {
         &mut self,
         handle: &mut WorkerHandle,
     ) -> Result<Option<Decision>, ClientError> {
-        let _ = handle;
-        Ok(None)
+        if !self.started {
+            self.start();
+        }
+        let now = self.now();
+        self.take_in(handle, now);
+        if handle.moving() {
+            return Ok(None);
+        }
+        let here = place_id(&handle.place());
+        if here != self.planner.current() {
+            // A move ended, or the handle took the worker back from a node it lost.
+            self.planner.moved(now, &here);
+            self.arrived_at = Instant::now();
+        }
+        let candidates = self.candidates_at(now, &here);
+        let decision = self.planner.decide(now, &candidates);
+        self.last_decision = Some(decision.reason().to_string());
+        let Some(to) = decision.target() else {
+            return Ok(None);
+        };
+        let place = if to == LOCAL {
+            Place::Local
+        } else {
+            Place::Node(to.to_string())
+        };
+        tracing::info!(worker = %format!("{:032x}", handle.id()), to = %place, "{}", decision.reason());
+        handle.begin_move(place.clone()).await?;
+        // Where it is now (a move that completes at once) or will be; the next tick looks
+        // at the handle again.
+        self.planner.moved(now, to);
+        self.arrived_at = Instant::now();
+        Ok(Some(Decision {
+            to: place,
+            reason: decision.reason().to_string(),
+        }))
     }
+
+    /// The device's speed, the first probes and the discovery of edges.
+    fn start(&mut self) {
+        self.started = true;
+        match roam_runtime::calibrate(2) {
+            Ok(c) => self.device_speed = c.speed,
+            Err(e) => tracing::warn!("{e}; taking this device's speed as 1"),
+        }
+        if let Some(cloud) = self.options.cloud.clone() {
+            self.watch(&cloud, true);
+            let task = tokio::spawn(discover(
+                cloud,
+                self.options.clone(),
+                self.nodes.clone(),
+                self.tasks.clone(),
+                self.origin,
+            ));
+            self.tasks
+                .lock()
+                .expect("placer tasks")
+                .push(task.abort_handle());
+        }
+        for edge in self.options.edges.clone() {
+            self.watch(&edge, false);
+        }
+    }
+
+    /// Starts probing `url` unless it already is.
+    fn watch(&mut self, url: &str, cloud: bool) {
+        watch(
+            url,
+            cloud,
+            &self.options,
+            &self.nodes,
+            &self.tasks,
+            self.origin,
+        );
+    }
+
+    /// Feeds what the handle saw into the worker's profile.
+    fn take_in(&mut self, handle: &mut WorkerHandle, now: f64) {
+        let observations = handle.take_observations();
+        let nodes = self.nodes.lock().expect("placer nodes");
+        for seen in observations {
+            let posted = seen
+                .posted_at
+                .saturating_duration_since(self.origin)
+                .as_secs_f64();
+            let profile = self.planner.profile_mut();
+            profile.on_post(posted, seen.request_bytes);
+            if seen.posted_at < self.arrived_at {
+                // Waited through a move: says nothing of the place.
+                continue;
+            }
+            match &seen.node {
+                None => profile.on_local_run(seen.response.as_secs_f64(), seen.reply_bytes),
+                Some(url) => {
+                    if let Some(link) = nodes.get(url).and_then(|p| p.link.estimate(now)) {
+                        profile.on_node_reply(
+                            url,
+                            seen.response.as_secs_f64(),
+                            seen.request_bytes,
+                            seen.reply_bytes,
+                            &link,
+                        );
+                    }
+                }
+            }
+        }
+        drop(nodes);
+        let stale = self
+            .last_state_at
+            .is_none_or(|at| at.elapsed() > Duration::from_secs(5));
+        if stale {
+            if let Some(bytes) = handle.local_state_bytes() {
+                let compressed = (bytes as f64 * COMPRESSION_GUESS) as u64;
+                self.planner.profile_mut().set_state_bytes(compressed);
+                self.last_state_at = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The device and every node, each with its link as measured now.
+    fn candidates_at(&mut self, now: f64, here: &str) -> Vec<Candidate> {
+        if here != LOCAL {
+            // Placed there by someone else: measure it too.
+            self.watch(here, false);
+        }
+        let mut nodes = self.nodes.lock().expect("placer nodes");
+        let mut candidates = vec![Candidate::local()];
+        for (url, probed) in nodes.iter_mut() {
+            probed.carrying = url == here;
+            let kind = if probed.cloud {
+                PlaceKind::Cloud
+            } else {
+                PlaceKind::Edge
+            };
+            let speed = probed.speed.unwrap_or(1.0) / self.device_speed.max(1e-6);
+            candidates.push(Candidate::node(url, kind, probed.link.estimate(now), speed));
+        }
+        candidates
+    }
+}
+
+impl Drop for AutoPlacer {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().expect("placer tasks").iter() {
+            task.abort();
+        }
+    }
+}
+
+/// The candidate id of a place.
+fn place_id(place: &Place) -> String {
+    match place {
+        Place::Local => LOCAL.to_string(),
+        Place::Node(url) => url.clone(),
+        Place::Relay { to, .. } => to.clone(),
+    }
+}
+
+/// Adds `url` to the nodes and starts probing it, unless it is there already.
+fn watch(
+    url: &str,
+    cloud: bool,
+    options: &AutoOptions,
+    nodes: &Shared,
+    tasks: &Tasks,
+    origin: Instant,
+) {
+    let mut known = nodes.lock().expect("placer nodes");
+    if known.contains_key(url) {
+        return;
+    }
+    let prober = match Prober::new(dial_url(&options.routes, url), Duration::from_secs(2)) {
+        Ok(prober) => prober,
+        Err(e) => {
+            tracing::warn!("{e}");
+            return;
+        }
+    };
+    known.insert(
+        url.to_string(),
+        Probed {
+            cloud,
+            speed: None,
+            link: LinkEstimator::default(),
+            carrying: false,
+        },
+    );
+    let task = tokio::spawn(probe(
+        url.to_string(),
+        prober,
+        options.probe_every,
+        nodes.clone(),
+        origin,
+    ));
+    tasks
+        .lock()
+        .expect("placer tasks")
+        .push(task.abort_handle());
+}
+
+/// Measures one node until aborted.
+async fn probe(url: String, mut prober: Prober, every: Duration, nodes: Shared, origin: Instant) {
+    let now = || origin.elapsed().as_secs_f64();
+    loop {
+        match prober.health().await {
+            Ok((rtt, health)) => {
+                let mut nodes = nodes.lock().expect("placer nodes");
+                if let Some(probed) = nodes.get_mut(&url) {
+                    probed.link.on_round_trip(now(), rtt.as_secs_f64());
+                    probed.speed = health.speed.or(probed.speed);
+                    probed.cloud |= health.role == "cloud";
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%url, "probe: {e}");
+                if let Some(probed) = nodes.lock().expect("placer nodes").get_mut(&url) {
+                    probed.link.on_failure(now());
+                }
+                tokio::time::sleep(every).await;
+                continue;
+            }
+        }
+        for direction in [Direction::Down, Direction::Up] {
+            let due = {
+                let nodes = nodes.lock().expect("placer nodes");
+                nodes.get(&url).and_then(|p| {
+                    let rtt = p.link.estimate(now())?.rtt;
+                    (!p.carrying && p.link.needs_bandwidth_sample(now(), direction)).then_some(rtt)
+                })
+            };
+            let Some(rtt) = due else { continue };
+            let (bytes, took) = match direction {
+                Direction::Down => (PROBE_DOWN, prober.down(PROBE_DOWN).await),
+                Direction::Up => (PROBE_UP, prober.up(PROBE_UP).await),
+            };
+            let mut nodes = nodes.lock().expect("placer nodes");
+            let Some(probed) = nodes.get_mut(&url) else {
+                return;
+            };
+            match took {
+                Ok(took) => {
+                    let seconds = (took.as_secs_f64() - rtt).max(1e-4);
+                    probed
+                        .link
+                        .on_transfer(now(), direction, bytes as u64, seconds);
+                }
+                Err(e) => {
+                    tracing::debug!(%url, "bandwidth probe: {e}");
+                    probed.link.on_failure(now());
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Asks the cloud for its edges every `options.discover_every` and probes each new one.
+async fn discover(
+    cloud: String,
+    options: AutoOptions,
+    nodes: Shared,
+    tasks: Tasks,
+    origin: Instant,
+) {
+    let connect = WorkerOptions {
+        routes: options.routes.clone(),
+        client_name: "roam-client placement".into(),
+        ..WorkerOptions::default()
+    };
+    loop {
+        match list_edges(&cloud, &connect).await {
+            Ok(edges) => {
+                for url in edges {
+                    watch(&url, false, &options, &nodes, &tasks, origin);
+                }
+            }
+            Err(e) => tracing::debug!(%cloud, "cannot list the edges: {e}"),
+        }
+        tokio::time::sleep(options.discover_every).await;
+    }
+}
+
+/// The URLs of the edges registered with `cloud`.
+async fn list_edges(cloud: &str, options: &WorkerOptions) -> Result<Vec<String>, ClientError> {
+    let mut conn = tokio::time::timeout(Duration::from_secs(5), Connection::open(cloud, options))
+        .await
+        .map_err(|_| ClientError::Connect {
+            url: cloud.to_string(),
+            reason: "no answer within 5 s".into(),
+        })??;
+    conn.send(&Frame::ListNodes).await?;
+    let frame = tokio::time::timeout(Duration::from_secs(5), conn.recv())
+        .await
+        .map_err(|_| ClientError::Connect {
+            url: cloud.to_string(),
+            reason: "no node list within 5 s".into(),
+        })??;
+    let edges = match frame {
+        Frame::Nodes { nodes } => nodes
+            .into_iter()
+            .filter(|n| n.node.role == NodeRole::Edge)
+            .map(|n| n.node.url)
+            .collect(),
+        other => return Err(conn.unexpected(&other, "Nodes")),
+    };
+    conn.close().await;
+    Ok(edges)
 }

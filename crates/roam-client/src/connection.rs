@@ -136,7 +136,7 @@ impl Connection {
 
 /// Where to connect to reach the node at `url`: its route in `routes` (a trailing `/` does
 /// not matter), or `url` itself.
-fn dial_url<'a>(routes: &'a BTreeMap<String, String>, url: &'a str) -> &'a str {
+pub(crate) fn dial_url<'a>(routes: &'a BTreeMap<String, String>, url: &'a str) -> &'a str {
     let key = url.trim_end_matches('/');
     routes
         .iter()

@@ -28,8 +28,9 @@
 mod auto;
 mod connection;
 mod error;
+mod probe;
 mod worker;
 
-pub use auto::{AutoOptions, AutoPlacer, Decision, Requirements};
+pub use auto::{AutoOptions, AutoPlacer, CandidateView, Decision, Requirements};
 pub use error::ClientError;
 pub use worker::{MoveKind, MoveReport, Place, Reply, WorkerHandle, WorkerOptions};

@@ -195,6 +195,35 @@ pub struct WorkerHandle {
     offloading: Option<PendingOffload>,
     /// The outcome of the last move that ran in the background, until taken.
     finished: Option<Result<MoveReport, ClientError>>,
+    /// When each message still in the log was posted, and its size.
+    posted: VecDeque<(u64, Instant, u64)>,
+    /// Reply bytes of the message after `delivered`, so far.
+    reply_bytes: u64,
+    /// What was seen of each message handled, for a placement policy; the oldest are
+    /// dropped past [`MAX_OBSERVATIONS`].
+    observations: VecDeque<Observation>,
+    /// While set, waiting for the node stops at this instant (see
+    /// [`WorkerHandle::next_reply_within`]): only the waits themselves are cut short,
+    /// never a step that changes the handle's state.
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// Observations kept when nobody takes them.
+const MAX_OBSERVATIONS: usize = 4096;
+
+/// What the handle saw of one message.
+#[derive(Clone, Debug)]
+pub(crate) struct Observation {
+    /// Where it was handled: `None` here, or the node's URL.
+    pub node: Option<String>,
+    /// When it was posted.
+    pub posted_at: Instant,
+    /// Its size.
+    pub request_bytes: u64,
+    /// From the post to its last reply (here, the handler's time).
+    pub response: Duration,
+    /// All of its replies' bytes.
+    pub reply_bytes: u64,
 }
 
 /// A return: a task attaches on a second connection, asks for the worker and receives its
@@ -315,6 +344,10 @@ impl WorkerHandle {
             returning: None,
             offloading: None,
             finished: None,
+            posted: VecDeque::new(),
+            reply_bytes: 0,
+            observations: VecDeque::new(),
+            deadline: None,
         })
     }
 
@@ -352,6 +385,8 @@ impl WorkerHandle {
                 self.recovery = None;
             }
         }
+        self.posted
+            .push_back((seq, Instant::now(), payload.len() as u64));
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
         if self.offloading.is_some() {
@@ -382,6 +417,7 @@ impl WorkerHandle {
         }
         match &mut self.placement {
             Placement::Local(worker) => {
+                let started = Instant::now();
                 let replies: Vec<Vec<u8>> = worker
                     .deliver(payload)
                     .map_err(|e| ClientError::WorkerFailed {
@@ -390,9 +426,12 @@ impl WorkerHandle {
                     })?
                     .map(<[u8]>::to_vec)
                     .collect();
+                let handler = started.elapsed();
+                let reply_bytes = replies.iter().map(|r| r.len() as u64).sum();
                 for payload in replies {
                     self.replies.push_back(Reply { seq, payload });
                 }
+                self.observe(seq, None, Some(handler), reply_bytes);
                 self.handled_through(seq);
             }
             // Waiting for room may have ended a handoff, whose replay sent this one too.
@@ -436,6 +475,52 @@ impl WorkerHandle {
         }
     }
 
+    /// The next reply, waiting at most `wait` for one; `None` when none came in time (or
+    /// none is due). Unlike wrapping [`next_reply`](Self::next_reply) in a timeout, which
+    /// may cut a move's switch-over in half, this stops only while waiting: an
+    /// application that must go on at a steady pace (posting every frame, say) can call
+    /// it freely.
+    pub async fn next_reply_within(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Option<Reply>, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        self.deadline = Some(deadline);
+        let result = async {
+            loop {
+                if let Some(reply) = self.replies.pop_front() {
+                    return Ok(Some(reply));
+                }
+                if self.log.is_empty() && !self.moving() {
+                    return Ok(None);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                if matches!(self.placement, Placement::Local(_)) && !self.moving() {
+                    // Everything posted here was handled when posted.
+                    return Ok(None);
+                }
+                self.pump().await?;
+            }
+        }
+        .await;
+        self.deadline = None;
+        result
+    }
+
+    /// Waits for `future` until the deadline of
+    /// [`next_reply_within`](Self::next_reply_within), if one is set: `None` when it passed.
+    async fn until_deadline<T>(
+        deadline: Option<tokio::time::Instant>,
+        future: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+            None => Some(future.await),
+        }
+    }
+
     /// Takes the replies that have arrived, without waiting.
     pub fn take_replies(&mut self) -> Vec<Reply> {
         self.replies.drain(..).collect()
@@ -454,10 +539,62 @@ impl WorkerHandle {
         while self.log.front().is_some_and(|(s, _)| *s <= seq) {
             self.log.pop_front();
         }
+        while self.posted.front().is_some_and(|(s, _, _)| *s <= seq) {
+            self.posted.pop_front();
+        }
         if seq > self.delivered {
             self.delivered = seq;
             self.partial = 0;
+            self.reply_bytes = 0;
         }
+    }
+
+    /// Records what was seen of message `seq`, just handled at `node` (`None`: here, in
+    /// `handler`).
+    fn observe(
+        &mut self,
+        seq: u64,
+        node: Option<String>,
+        handler: Option<Duration>,
+        reply_bytes: u64,
+    ) {
+        let Some(&(_, posted_at, request_bytes)) = self.posted.iter().find(|(s, _, _)| *s == seq)
+        else {
+            return;
+        };
+        let response = match handler {
+            Some(handler) => handler,
+            None => posted_at.elapsed(),
+        };
+        if self.observations.len() == MAX_OBSERVATIONS {
+            self.observations.pop_front();
+        }
+        self.observations.push_back(Observation {
+            node,
+            posted_at,
+            request_bytes,
+            response,
+            reply_bytes,
+        });
+    }
+
+    /// What was seen of the messages handled since the last call.
+    pub(crate) fn take_observations(&mut self) -> Vec<Observation> {
+        self.observations.drain(..).collect()
+    }
+
+    /// Bytes of the worker's memory that are not zero, counted in 4 KiB pages, when it
+    /// runs here: what its state weighs before compression.
+    pub(crate) fn local_state_bytes(&self) -> Option<u64> {
+        let Placement::Local(worker) = &self.placement else {
+            return None;
+        };
+        let pages = worker
+            .memory()
+            .chunks(4096)
+            .filter(|page| page.iter().any(|b| *b != 0))
+            .count();
+        Some(pages as u64 * 4096)
     }
 
     /// The node holding the worker is gone: restore the recovery point locally and handle
@@ -577,17 +714,31 @@ impl WorkerHandle {
         let Placement::Remote(conn) = &mut self.placement else {
             return Ok(Pumped::Frame(None));
         };
+        let deadline = self.deadline;
         let frame = match &mut self.returning {
-            Some(pending) => tokio::select! {
-                frame = conn.recv() => frame?,
-                returned = &mut pending.task => {
-                    let returned = returned.unwrap_or_else(|e| {
-                        Err(ClientError::State(format!("the return stopped: {e}")))
-                    });
-                    return Ok(Pumped::Returned(returned.map(Box::new)));
+            Some(pending) => {
+                let waited = Self::until_deadline(deadline, async {
+                    tokio::select! {
+                        frame = conn.recv() => Ok(frame),
+                        returned = &mut pending.task => Err(returned),
+                    }
+                })
+                .await;
+                match waited {
+                    None => return Ok(Pumped::Frame(None)),
+                    Some(Ok(frame)) => frame?,
+                    Some(Err(returned)) => {
+                        let returned = returned.unwrap_or_else(|e| {
+                            Err(ClientError::State(format!("the return stopped: {e}")))
+                        });
+                        return Ok(Pumped::Returned(returned.map(Box::new)));
+                    }
                 }
+            }
+            None => match Self::until_deadline(deadline, conn.recv()).await {
+                None => return Ok(Pumped::Frame(None)),
+                Some(frame) => frame?,
             },
-            None => conn.recv().await?,
         };
         self.on_message_frame(frame).map(Pumped::Frame)
     }
@@ -610,12 +761,21 @@ impl WorkerHandle {
                 // A message replayed after a move may repeat replies already delivered.
                 if seq > self.delivered {
                     self.partial += 1;
+                    self.reply_bytes += payload.len() as u64;
                     self.replies.push_back(Reply { seq, payload });
                 }
                 None
             }
             Frame::Handled { seq, .. } => {
                 self.in_flight = self.in_flight.saturating_sub(1);
+                if seq > self.delivered {
+                    let node = match &self.placement {
+                        Placement::Remote(conn) => Some(conn.url().to_string()),
+                        _ => None,
+                    };
+                    let reply_bytes = self.reply_bytes;
+                    self.observe(seq, node, None, reply_bytes);
+                }
                 self.handled_through(seq);
                 None
             }
@@ -871,9 +1031,14 @@ impl WorkerHandle {
     /// Waits for the offload's next step: a round delivered (then the next one goes out),
     /// or, once paused, the node's adoption.
     async fn pump_offload(&mut self) -> Result<(), ClientError> {
+        let deadline = self.deadline;
         let offload = self.offloading.as_mut().expect("an offload is under way");
         if !offload.paused || offload.awaiting {
-            if let Some(bandwidth) = offload.delivered.recv().await {
+            let Some(received) = Self::until_deadline(deadline, offload.delivered.recv()).await
+            else {
+                return Ok(());
+            };
+            if let Some(bandwidth) = received {
                 // Put back for drive_offload, which takes the latest.
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let _ = tx.send(bandwidth);
@@ -884,14 +1049,18 @@ impl WorkerHandle {
                 return self.drive_offload();
             }
         }
-        // The task is done: adopted, or failed.
+        // The task ends: adopted, or failed.
+        let offload = self.offloading.as_mut().expect("an offload is under way");
+        let Some(ended) = Self::until_deadline(deadline, &mut offload.task).await else {
+            return Ok(());
+        };
         let offload = self.offloading.take().expect("an offload is under way");
         let (to, started, manifest) = (
             offload.to.clone(),
             offload.started,
             offload.manifest.clone(),
         );
-        let result = match offload.task.await {
+        let result = match ended {
             Ok(result) => result,
             Err(e) => Err(ClientError::State(format!("the offload stopped: {e}"))),
         };

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// tunnel, an emulated link). Only where the socket connects changes: the node is
     /// still named by its own URL in move tokens, `Moved` frames and the registry.
     pub routes: BTreeMap<String, String>,
+    /// The speed this node registers with (relative to the reference core); `None`
+    /// measures it at start ([`roam_runtime::calibrate`]).
+    pub speed: Option<f32>,
 }
 
 impl NodeConfig {
@@ -76,6 +79,7 @@ impl NodeConfig {
             chunk_store_bytes: DEFAULT_CHUNK_STORE_BYTES,
             precopy: PrecopySettings::default(),
             routes: BTreeMap::new(),
+            speed: None,
         }
     }
 

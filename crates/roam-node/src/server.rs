@@ -57,6 +57,8 @@ pub(crate) struct Node {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub shutdown: watch::Receiver<bool>,
+    /// How fast this node runs wasm relative to the reference core (its calibration).
+    pub speed: f32,
     connections: Arc<Semaphore>,
 }
 
@@ -136,8 +138,31 @@ pub async fn run(
         }
     }
 
+    let speed = match config.speed {
+        Some(speed) => speed,
+        None => match tokio::task::spawn_blocking(|| roam_runtime::calibrate(3)).await {
+            Ok(Ok(calibration)) => {
+                tracing::info!(
+                    speed = calibration.speed,
+                    run_ms = calibration.run.as_secs_f64() * 1e3,
+                    "calibrated"
+                );
+                calibration.speed as f32
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("{e}; registering speed 1");
+                1.0
+            }
+            Err(e) => {
+                tracing::warn!("cannot calibrate: {e}; registering speed 1");
+                1.0
+            }
+        },
+    };
+
     let (stop, stopping) = watch::channel(false);
     let node = Arc::new(Node {
+        speed,
         connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
         chunks: ChunkStore::new(config.chunk_store_bytes),
         config,
@@ -160,6 +185,7 @@ pub async fn run(
         .route("/", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/probe", get(probe_down).post(probe_up))
         .with_state(App {
             node: node.clone(),
             alive,
@@ -256,6 +282,36 @@ async fn websocket(
         })
 }
 
+/// Most bytes a link probe moves either way.
+const MAX_PROBE_BYTES: usize = 1 << 20;
+
+/// `GET /probe?bytes=N`: N bytes (at most 1 MiB) for a client to time its downlink.
+async fn probe_down(
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let Some(bytes) = query.get("bytes").and_then(|b| b.parse::<usize>().ok()) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "give ?bytes=N\n").into_response();
+    };
+    if bytes > MAX_PROBE_BYTES {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("a probe moves at most {MAX_PROBE_BYTES} bytes\n"),
+        )
+            .into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        vec![0u8; bytes],
+    )
+        .into_response()
+}
+
+/// `POST /probe`: takes the body (at most 1 MiB) and answers its length, for a client to
+/// time its uplink.
+async fn probe_up(body: axum::body::Bytes) -> Response {
+    format!("{}\n", body.len()).into_response()
+}
+
 async fn healthz(State(app): State<App>) -> Response {
     let node = &app.node;
     let body = serde_json::json!({
@@ -264,6 +320,7 @@ async fn healthz(State(app): State<App>) -> Response {
         "node_id": node.config.name,
         "url": node.config.public_url,
         "workers": node.hosting.count(),
+        "speed": node.speed,
         "dev_mode": node.config.dev_mode(),
     });
     (

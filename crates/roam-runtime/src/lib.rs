@@ -42,6 +42,7 @@
 //! application restores its last good snapshot.
 #![deny(missing_docs)]
 
+mod calibrate;
 mod config;
 mod error;
 mod host;
@@ -49,6 +50,7 @@ mod module;
 mod postcopy;
 mod worker;
 
+pub use calibrate::{calibrate, CalibrateError, Calibration};
 pub use config::{RuntimeConfig, WorkerLimits};
 pub use error::{
     CaptureError, DeliverError, Failure, LoadError, PostCopyRestoreError, PostCopyUnavailable,

@@ -29,7 +29,13 @@ pub struct Node {
 }
 
 impl Node {
+    #[allow(dead_code)] // not every test binary starts plain nodes
     pub fn start(role: &str, cloud: Option<&str>) -> Node {
+        Node::start_with(role, cloud, &[])
+    }
+
+    /// Starts a node with more `roam serve` arguments.
+    pub fn start_with(role: &str, cloud: Option<&str>, args: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_roam"));
         cmd.args([
@@ -46,6 +52,7 @@ impl Node {
         if let Some(cloud) = cloud {
             cmd.args(["--cloud", cloud]);
         }
+        cmd.args(args);
         let mut child = cmd.spawn().expect("roam serve starts");
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();

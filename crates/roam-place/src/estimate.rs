@@ -1,0 +1,291 @@
+//! Link estimates: a smoothed round trip and bandwidth per direction, with their spread,
+//! from the samples the client takes — pings, the messages already flowing, and probes
+//! only when nothing flows.
+
+/// A direction of a link, seen from the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the device to the node.
+    Up,
+    /// From the node to the device.
+    Down,
+}
+
+/// An exponentially weighted mean and variance.
+///
+/// Each sample moves the mean by `alpha` of its distance from it; the variance is the
+/// exponentially weighted variance of the same samples. The first sample sets the mean.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ewma {
+    alpha: f64,
+    mean: f64,
+    variance: f64,
+    samples: u64,
+}
+
+impl Ewma {
+    /// An empty average whose samples weigh `alpha` (clamped to `(0, 1]`).
+    pub fn new(alpha: f64) -> Ewma {
+        let alpha = if alpha.is_finite() {
+            alpha.clamp(f64::MIN_POSITIVE, 1.0)
+        } else {
+            1.0
+        };
+        Ewma {
+            alpha,
+            mean: 0.0,
+            variance: 0.0,
+            samples: 0,
+        }
+    }
+
+    /// Takes a sample; a sample that is not finite is ignored.
+    pub fn add(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        if self.samples == 0 {
+            self.mean = x;
+            self.variance = 0.0;
+        } else {
+            let diff = x - self.mean;
+            let step = self.alpha * diff;
+            self.mean += step;
+            self.variance = (1.0 - self.alpha) * (self.variance + diff * step);
+        }
+        self.samples += 1;
+    }
+
+    /// The mean, once there is a sample.
+    pub fn mean(&self) -> Option<f64> {
+        (self.samples > 0).then_some(self.mean)
+    }
+
+    /// The standard deviation (0 with fewer than two samples).
+    pub fn std_dev(&self) -> f64 {
+        self.variance.max(0.0).sqrt()
+    }
+
+    /// How many samples it has taken.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+}
+
+/// Transfers shorter than this say more about the round trip than the bandwidth.
+const MIN_BANDWIDTH_SAMPLE_BYTES: u64 = 16 * 1024;
+
+/// What a [`LinkEstimator`] knows of its link now.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkEstimate {
+    /// Smoothed round trip, in seconds.
+    pub rtt: f64,
+    /// The round trip's standard deviation, in seconds.
+    pub rtt_sd: f64,
+    /// Bytes per second from the device to the node.
+    pub up: f64,
+    /// Bytes per second from the node to the device.
+    pub down: f64,
+    /// Whether both bandwidths come from samples (otherwise a cautious guess stands in).
+    pub bandwidth_measured: bool,
+}
+
+impl LinkEstimate {
+    /// A link with these settings, as if measured: for tests and for planning with known
+    /// links.
+    pub fn known(rtt: f64, up: f64, down: f64) -> LinkEstimate {
+        LinkEstimate {
+            rtt,
+            rtt_sd: 0.0,
+            up,
+            down,
+            bandwidth_measured: true,
+        }
+    }
+
+    /// Seconds for `bytes` to cross the link one way, not counting the delay.
+    pub fn transfer(&self, direction: Direction, bytes: f64) -> f64 {
+        let rate = match direction {
+            Direction::Up => self.up,
+            Direction::Down => self.down,
+        };
+        if rate > 0.0 {
+            bytes / rate
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+/// Smooths the samples of one link from the device to a node.
+///
+/// A link is *reachable* from its first round trip until a failure is reported, and again
+/// from the next round trip. An estimate whose last round trip is older than
+/// [`LinkEstimator::STALE_AFTER`] seconds is not trusted.
+#[derive(Clone, Debug)]
+pub struct LinkEstimator {
+    rtt: Ewma,
+    up: Ewma,
+    down: Ewma,
+    last_rtt_at: Option<f64>,
+    last_up_at: Option<f64>,
+    last_down_at: Option<f64>,
+    failed_at: Option<f64>,
+}
+
+impl Default for LinkEstimator {
+    fn default() -> Self {
+        LinkEstimator {
+            rtt: Ewma::new(0.25),
+            up: Ewma::new(0.3),
+            down: Ewma::new(0.3),
+            last_rtt_at: None,
+            last_up_at: None,
+            last_down_at: None,
+            failed_at: None,
+        }
+    }
+}
+
+impl LinkEstimator {
+    /// Seconds without a round trip after which the link is taken as unknown.
+    pub const STALE_AFTER: f64 = 5.0;
+    /// Seconds after which a bandwidth sample is old enough to take a new one.
+    pub const BANDWIDTH_FRESH_FOR: f64 = 10.0;
+    /// The bandwidth assumed before any sample: 1 MB/s (8 Mbit/s), below a typical
+    /// mobile uplink, so an unmeasured link is not preferred.
+    pub const GUESSED_BANDWIDTH: f64 = 1.0e6;
+
+    /// A round trip of `rtt` seconds measured at `now`.
+    pub fn on_round_trip(&mut self, now: f64, rtt: f64) {
+        if !(rtt.is_finite() && rtt >= 0.0) {
+            return;
+        }
+        self.rtt.add(rtt);
+        self.last_rtt_at = Some(now);
+        if self.failed_at.is_some_and(|at| at <= now) {
+            self.failed_at = None;
+        }
+    }
+
+    /// `bytes` crossed the link in `direction` in `seconds`, not counting the link's delay
+    /// (the caller takes the round trip off). Small transfers are ignored.
+    pub fn on_transfer(&mut self, now: f64, direction: Direction, bytes: u64, seconds: f64) {
+        if bytes < MIN_BANDWIDTH_SAMPLE_BYTES || !(seconds.is_finite() && seconds > 0.0) {
+            return;
+        }
+        let rate = bytes as f64 / seconds;
+        match direction {
+            Direction::Up => {
+                self.up.add(rate);
+                self.last_up_at = Some(now);
+            }
+            Direction::Down => {
+                self.down.add(rate);
+                self.last_down_at = Some(now);
+            }
+        }
+    }
+
+    /// The node could not be reached at `now` (a connection refused, reset or timed out).
+    pub fn on_failure(&mut self, now: f64) {
+        self.failed_at = Some(now);
+    }
+
+    /// Whether the node answered since the last failure.
+    pub fn is_reachable(&self, now: f64) -> bool {
+        self.failed_at.is_none()
+            && self
+                .last_rtt_at
+                .is_some_and(|at| now - at <= Self::STALE_AFTER)
+    }
+
+    /// Whether a bandwidth sample in `direction` is due: none yet, or the last one is
+    /// older than [`LinkEstimator::BANDWIDTH_FRESH_FOR`].
+    pub fn needs_bandwidth_sample(&self, now: f64, direction: Direction) -> bool {
+        let last = match direction {
+            Direction::Up => self.last_up_at,
+            Direction::Down => self.last_down_at,
+        };
+        last.is_none_or(|at| now - at > Self::BANDWIDTH_FRESH_FOR)
+    }
+
+    /// The estimate at `now`, or `None` when the node is unreachable or not measured.
+    pub fn estimate(&self, now: f64) -> Option<LinkEstimate> {
+        if !self.is_reachable(now) {
+            return None;
+        }
+        let rtt = self.rtt.mean()?;
+        let up = self.up.mean();
+        let down = self.down.mean();
+        Some(LinkEstimate {
+            rtt,
+            rtt_sd: self.rtt.std_dev(),
+            up: up.unwrap_or(Self::GUESSED_BANDWIDTH),
+            down: down.unwrap_or(Self::GUESSED_BANDWIDTH),
+            bandwidth_measured: up.is_some() && down.is_some(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_average_follows_a_step_and_reports_its_spread() {
+        let mut e = Ewma::new(0.25);
+        assert_eq!(e.mean(), None);
+        for _ in 0..50 {
+            e.add(10.0);
+        }
+        assert_eq!(e.mean(), Some(10.0));
+        assert_eq!(e.std_dev(), 0.0);
+        for _ in 0..50 {
+            e.add(20.0);
+        }
+        assert!((e.mean().unwrap() - 20.0).abs() < 0.01);
+        let mut noisy = Ewma::new(0.1);
+        for i in 0..1000 {
+            noisy.add(if i % 2 == 0 { 9.0 } else { 11.0 });
+        }
+        assert!((noisy.mean().unwrap() - 10.0).abs() < 0.2);
+        assert!((noisy.std_dev() - 1.0).abs() < 0.2, "{}", noisy.std_dev());
+        noisy.add(f64::NAN);
+        assert!(noisy.mean().unwrap().is_finite());
+    }
+
+    #[test]
+    fn a_link_is_unknown_until_measured_and_unreachable_after_a_failure() {
+        let mut link = LinkEstimator::default();
+        assert_eq!(link.estimate(0.0), None);
+        link.on_round_trip(1.0, 0.010);
+        let e = link.estimate(1.0).unwrap();
+        assert_eq!(e.rtt, 0.010);
+        assert!(!e.bandwidth_measured);
+        assert_eq!(e.up, LinkEstimator::GUESSED_BANDWIDTH);
+        link.on_failure(2.0);
+        assert_eq!(link.estimate(2.0), None);
+        link.on_round_trip(3.0, 0.012);
+        assert!(link.estimate(3.0).is_some());
+        // Not heard from for too long.
+        assert_eq!(link.estimate(3.0 + LinkEstimator::STALE_AFTER + 0.1), None);
+    }
+
+    #[test]
+    fn bandwidth_comes_from_large_transfers_only() {
+        let mut link = LinkEstimator::default();
+        link.on_round_trip(0.0, 0.010);
+        assert!(link.needs_bandwidth_sample(0.0, Direction::Up));
+        link.on_transfer(0.0, Direction::Up, 1000, 0.001);
+        assert!(link.needs_bandwidth_sample(0.0, Direction::Up));
+        link.on_transfer(0.0, Direction::Up, 1_250_000, 1.0);
+        link.on_transfer(0.0, Direction::Down, 4_500_000, 1.0);
+        let e = link.estimate(0.5).unwrap();
+        assert_eq!((e.up, e.down), (1_250_000.0, 4_500_000.0));
+        assert!(e.bandwidth_measured);
+        assert!(!link.needs_bandwidth_sample(5.0, Direction::Up));
+        assert!(link.needs_bandwidth_sample(10.5, Direction::Up));
+        assert!((e.transfer(Direction::Up, 125_000.0) - 0.1).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,588 @@
+//! The decision: stay, or move to the candidate whose gain over the horizon most exceeds
+//! the pause the move costs.
+//!
+//! Gain and cost are both counted in seconds of latency summed over the messages they
+//! touch. Moving to a place `d` seconds faster per message gains `d · horizon / interval`;
+//! a move that pauses the worker `s` seconds delays the `s / interval` messages that
+//! arrive meanwhile by `s / 2` on average, `s² / (2 · interval)` in all. Hysteresis keeps
+//! a worker from bouncing: a move must also be [`PlannerSettings::margin`] faster than
+//! staying, and none is made within [`PlannerSettings::dwell`] seconds of the last.
+
+use crate::estimate::Direction;
+use crate::model::{queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL};
+
+/// What an application requires of placement; always honoured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Requirements {
+    /// Seconds: places predicted to answer later are not chosen, unless none is predicted
+    /// to meet it (then the fastest is).
+    pub latency_budget: Option<f64>,
+    /// Seconds: moves predicted to pause the worker longer are not made, except away from
+    /// a place that cannot be reached or is not allowed.
+    pub max_move_stall: Option<f64>,
+    /// Whether the worker may run on the cloud.
+    pub allow_cloud: bool,
+    /// The worker never leaves the device.
+    pub stay_local: bool,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            latency_budget: None,
+            max_move_stall: None,
+            allow_cloud: true,
+            stay_local: false,
+        }
+    }
+}
+
+/// How the planner weighs gains against moves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannerSettings {
+    /// Seconds ahead over which a faster place's gain is counted. Default 30.
+    pub horizon: f64,
+    /// A move must make messages at least this fraction faster. Default 0.15.
+    pub margin: f64,
+    /// And at least this many seconds faster. Default 0.002.
+    pub min_gain: f64,
+    /// Seconds after a move during which no other is made (unless the worker's place
+    /// cannot be reached). Default 3.
+    pub dwell: f64,
+    /// Bytes per second assumed between two nodes, which the device cannot measure.
+    /// Default 5 MB/s (40 Mbit/s).
+    pub node_to_node: f64,
+    /// Runs seen at a node before they replace the prediction from its speed. Default 3.
+    pub min_samples: u64,
+    /// A worker without a message for this many seconds is idle and not moved. Default 10.
+    pub idle_after: f64,
+}
+
+impl Default for PlannerSettings {
+    fn default() -> Self {
+        PlannerSettings {
+            horizon: 30.0,
+            margin: 0.15,
+            min_gain: 0.002,
+            dwell: 3.0,
+            node_to_node: 5.0e6,
+            min_samples: 3,
+            idle_after: 10.0,
+        }
+    }
+}
+
+/// What the planner decided, with the predictions it decided from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// The worker stays where it is.
+    Stay {
+        /// Why.
+        reason: String,
+        /// Every candidate it could predict.
+        predictions: Vec<Prediction>,
+    },
+    /// The worker should move.
+    Move {
+        /// The candidate's id.
+        to: String,
+        /// Why.
+        reason: String,
+        /// Every candidate it could predict.
+        predictions: Vec<Prediction>,
+    },
+}
+
+impl Decision {
+    /// Where to move, if anywhere.
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Decision::Move { to, .. } => Some(to),
+            Decision::Stay { .. } => None,
+        }
+    }
+
+    /// Why, in words.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decision::Stay { reason, .. } | Decision::Move { reason, .. } => reason,
+        }
+    }
+
+    /// The predictions it was made from.
+    pub fn predictions(&self) -> &[Prediction] {
+        match self {
+            Decision::Stay { predictions, .. } | Decision::Move { predictions, .. } => predictions,
+        }
+    }
+}
+
+/// Decides where one worker runs. See the module's documentation for the rule.
+#[derive(Clone, Debug)]
+pub struct Planner {
+    settings: PlannerSettings,
+    requirements: Requirements,
+    profile: WorkerProfile,
+    current: String,
+    last_move_at: Option<f64>,
+}
+
+impl Planner {
+    /// A planner for a worker that runs on the device.
+    pub fn new(settings: PlannerSettings, requirements: Requirements) -> Planner {
+        Planner {
+            settings,
+            requirements,
+            profile: WorkerProfile::default(),
+            current: LOCAL.to_string(),
+            last_move_at: None,
+        }
+    }
+
+    /// What is known of the worker.
+    pub fn profile(&self) -> &WorkerProfile {
+        &self.profile
+    }
+
+    /// Where measurements go.
+    pub fn profile_mut(&mut self) -> &mut WorkerProfile {
+        &mut self.profile
+    }
+
+    /// The requirements.
+    pub fn requirements(&self) -> &Requirements {
+        &self.requirements
+    }
+
+    /// Where the worker runs, as far as the planner knows.
+    pub fn current(&self) -> &str {
+        &self.current
+    }
+
+    /// The worker runs at `place` since `now` (a move ended, or the client took it back
+    /// from a node it lost).
+    pub fn moved(&mut self, now: f64, place: &str) {
+        if place != self.current {
+            self.current = place.to_string();
+            self.last_move_at = Some(now);
+        }
+    }
+
+    /// The prediction for `candidate` with the worker at `current` (`None` when the
+    /// current place is not among the candidates or cannot be reached), or `None` when
+    /// nothing is known yet of the handler's time.
+    pub fn predict(
+        &self,
+        candidate: &Candidate,
+        current: Option<&Candidate>,
+        candidates: &[Candidate],
+    ) -> Option<Prediction> {
+        let speed_of = |id: &str| {
+            candidates
+                .iter()
+                .find(|c| c.id == id)
+                .map_or(1.0, |c| c.speed)
+        };
+        let local = self.profile.local_handler(&speed_of);
+        let handler = match candidate.kind {
+            PlaceKind::Local => local?,
+            _ => match self.profile.node_handler(&candidate.id) {
+                Some((h, n)) if n >= self.settings.min_samples => h,
+                _ => local? / candidate.speed,
+            },
+        };
+        let request = self.profile.request_bytes();
+        let reply = self.profile.reply_bytes();
+        let (network, up, down) = match &candidate.link {
+            Some(link) => {
+                let up = link.transfer(Direction::Up, request);
+                let down = link.transfer(Direction::Down, reply);
+                (link.rtt + up + down, up, down)
+            }
+            None => (0.0, 0.0, 0.0),
+        };
+        let service = handler.max(up).max(down);
+        let utilisation = self.profile.interval().map_or(0.0, |i| service / i);
+        let mut latency = network
+            + handler
+            + queue_wait(
+                service,
+                utilisation,
+                self.profile.variability(),
+                self.settings.horizon,
+            );
+        let here = candidate.id == self.current;
+        if here && candidate.kind != PlaceKind::Local {
+            // What the messages take there now is measured, queueing and all.
+            if let Some((seen, n)) = self.profile.node_response(&candidate.id) {
+                if n >= self.settings.min_samples {
+                    latency = seen;
+                }
+            }
+        }
+        let stall = if here {
+            0.0
+        } else {
+            self.stall(candidate, current)
+        };
+        Some(Prediction {
+            id: candidate.id.clone(),
+            latency,
+            handler,
+            utilisation,
+            stall,
+        })
+    }
+
+    /// Seconds a move from `current` to `to` pauses the worker: its state crosses the
+    /// slowest link on the way once (pre-copy sends most of it while the worker runs, but
+    /// a busy worker dirties it again), plus the round trips to stop and start it.
+    fn stall(&self, to: &Candidate, current: Option<&Candidate>) -> f64 {
+        let state = self.profile.state_bytes() as f64;
+        let Some(from) = current else {
+            // The place it was is gone: the client already has it back.
+            return match &to.link {
+                Some(link) => link.rtt + link.transfer(Direction::Up, state),
+                None => 0.0,
+            };
+        };
+        match (&from.link, &to.link) {
+            (None, Some(link)) => link.rtt + link.transfer(Direction::Up, state),
+            (Some(link), None) => link.rtt + link.transfer(Direction::Down, state),
+            (Some(a), Some(b)) => a.rtt + state / self.settings.node_to_node + b.rtt,
+            (None, None) => 0.0,
+        }
+    }
+
+    /// Decides, at `now`, among `candidates` (which should include the device, and the
+    /// current place even when it cannot be reached).
+    pub fn decide(&self, now: f64, candidates: &[Candidate]) -> Decision {
+        let allowed = |c: &Candidate| {
+            c.is_reachable()
+                && (self.requirements.allow_cloud || c.kind != PlaceKind::Cloud)
+                && (!self.requirements.stay_local || c.kind == PlaceKind::Local)
+        };
+        let current = candidates
+            .iter()
+            .find(|c| c.id == self.current)
+            .filter(|c| allowed(c));
+        let predictions: Vec<Prediction> = candidates
+            .iter()
+            .filter(|c| allowed(c))
+            .filter_map(|c| self.predict(c, current, candidates))
+            .collect();
+        let stay = |reason: String| Decision::Stay {
+            reason,
+            predictions: predictions.clone(),
+        };
+        let go = |to: &str, reason: String| Decision::Move {
+            to: to.to_string(),
+            reason,
+            predictions: predictions.clone(),
+        };
+
+        let Some(current) = current else {
+            // Not allowed here any more, or unreachable: leave for the best place allowed,
+            // the device if nothing is known.
+            let why = format!("{} is not reachable or not allowed", self.current);
+            let best = self.best_within_budget(&predictions);
+            return match best {
+                Some(p) => go(
+                    &p.id,
+                    format!("{why}; {} is predicted at {}", p.id, ms(p.latency)),
+                ),
+                None if self.current != LOCAL => go(LOCAL, why),
+                None => stay(why),
+            };
+        };
+        let Some(interval) = self.profile.interval() else {
+            return stay("too few messages yet to predict".into());
+        };
+        if self
+            .profile
+            .idle_for(now)
+            .is_some_and(|idle| idle > self.settings.idle_after.max(20.0 * interval))
+        {
+            return stay("the worker is idle".into());
+        }
+        let Some(here) = predictions.iter().find(|p| p.id == current.id) else {
+            return stay("nothing is known yet of the handler's time".into());
+        };
+        if self
+            .last_move_at
+            .is_some_and(|at| now - at < self.settings.dwell)
+        {
+            return stay(format!("moved less than {} s ago", self.settings.dwell));
+        }
+
+        let budget = self.requirements.latency_budget;
+        let any_meets_budget = budget.is_some_and(|b| predictions.iter().any(|p| p.latency <= b));
+        let over_budget = budget.is_some_and(|b| here.latency > b) && any_meets_budget;
+        let mut best: Option<(&Prediction, f64)> = None;
+        for p in predictions.iter().filter(|p| p.id != here.id) {
+            if any_meets_budget && budget.is_some_and(|b| p.latency > b) {
+                continue;
+            }
+            if self
+                .requirements
+                .max_move_stall
+                .is_some_and(|max| p.stall > max)
+            {
+                continue;
+            }
+            let faster = here.latency - p.latency;
+            let gain = faster * self.settings.horizon / interval;
+            let cost = p.stall * p.stall / (2.0 * interval);
+            let net = gain - cost;
+            let clear = faster >= self.settings.min_gain
+                && p.latency <= here.latency * (1.0 - self.settings.margin)
+                && net > 0.0;
+            if (clear || over_budget) && best.is_none_or(|(_, n)| net > n) {
+                best = Some((p, net));
+            }
+        }
+        match best {
+            Some((p, net)) => go(
+                &p.id,
+                format!(
+                    "{} is predicted at {} a message against {} here; the move pauses it about {} ({} s of latency saved over {} s)",
+                    p.id,
+                    ms(p.latency),
+                    ms(here.latency),
+                    ms(p.stall),
+                    (net * 10.0).round() / 10.0,
+                    self.settings.horizon
+                ),
+            ),
+            None => stay(format!(
+                "{} a message here; no move pays",
+                ms(here.latency)
+            )),
+        }
+    }
+
+    /// The fastest prediction within the latency budget, or the fastest if none meets it.
+    fn best_within_budget<'p>(&self, predictions: &'p [Prediction]) -> Option<&'p Prediction> {
+        let fastest = |ps: &mut dyn Iterator<Item = &'p Prediction>| {
+            ps.min_by(|a, b| a.latency.total_cmp(&b.latency))
+        };
+        let within = self
+            .requirements
+            .latency_budget
+            .and_then(|b| fastest(&mut predictions.iter().filter(|p| p.latency <= b)));
+        within.or_else(|| fastest(&mut predictions.iter()))
+    }
+}
+
+fn ms(seconds: f64) -> String {
+    format!("{:.1} ms", seconds * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimate::LinkEstimate;
+
+    const EDGE: &str = "ws://edge";
+    const CLOUD: &str = "ws://cloud";
+
+    /// A device 4× slower than the nodes, a worker taking 80 ms here, a message every
+    /// 100 ms for 10 s, 28 KB replies and 1 MB of state.
+    fn busy_planner(requirements: Requirements) -> Planner {
+        let mut planner = Planner::new(PlannerSettings::default(), requirements);
+        for i in 0..100 {
+            planner.profile_mut().on_post(i as f64 * 0.1, 64);
+            // The quota a slow device runs under makes its handler's time vary.
+            let handler = if i % 2 == 0 { 0.060 } else { 0.100 };
+            planner.profile_mut().on_local_run(handler, 28_000);
+        }
+        planner.profile_mut().set_state_bytes(1 << 20);
+        planner
+    }
+
+    fn edge(rtt: f64) -> Candidate {
+        Candidate::node(
+            EDGE,
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(rtt, 1.25e6, 4.5e6)),
+            4.0,
+        )
+    }
+
+    fn cloud() -> Candidate {
+        Candidate::node(
+            CLOUD,
+            PlaceKind::Cloud,
+            Some(LinkEstimate::known(0.050, 1.25e6, 4.5e6)),
+            4.0,
+        )
+    }
+
+    #[test]
+    fn a_slow_worker_goes_to_the_near_edge_and_not_to_the_far_cloud() {
+        let planner = busy_planner(Requirements::default());
+        let d = planner.decide(10.0, &[Candidate::local(), edge(0.010), cloud()]);
+        assert_eq!(d.target(), Some(EDGE), "{d:?}");
+        let p = |id: &str| d.predictions().iter().find(|p| p.id == id).unwrap().clone();
+        // 10 ms + 64 B up + 28 KB down (6.2 ms) + 20 ms, a little queueing.
+        assert!((p(EDGE).latency - 0.0378).abs() < 0.002, "{:?}", p(EDGE));
+        assert!(p(CLOUD).latency > p(EDGE).latency + 0.039);
+        // 1 MiB at 1.25 MB/s, and the round trip.
+        assert!((p(EDGE).stall - 0.849).abs() < 0.01, "{:?}", p(EDGE));
+    }
+
+    #[test]
+    fn requirements_are_honoured() {
+        let stay_local = busy_planner(Requirements {
+            stay_local: true,
+            ..Requirements::default()
+        });
+        assert_eq!(
+            stay_local
+                .decide(10.0, &[Candidate::local(), edge(0.010), cloud()])
+                .target(),
+            None
+        );
+        // Only the cloud is reachable, and it is not allowed.
+        let no_cloud = busy_planner(Requirements {
+            allow_cloud: false,
+            ..Requirements::default()
+        });
+        assert_eq!(
+            no_cloud
+                .decide(10.0, &[Candidate::local(), cloud()])
+                .target(),
+            None
+        );
+        let allowed = busy_planner(Requirements::default());
+        assert_eq!(
+            allowed
+                .decide(10.0, &[Candidate::local(), cloud()])
+                .target(),
+            Some(CLOUD)
+        );
+        // A move that would pause the worker longer than allowed is not made.
+        let short_stalls = busy_planner(Requirements {
+            max_move_stall: Some(0.5),
+            ..Requirements::default()
+        });
+        assert_eq!(
+            short_stalls
+                .decide(10.0, &[Candidate::local(), edge(0.010)])
+                .target(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_latency_budget_rules_out_places_that_miss_it() {
+        // An edge on a poor uplink: fast once there, but its move does not pay.
+        let poor_uplink = Candidate::node(
+            EDGE,
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.010, 0.1e6, 4.5e6)),
+            4.0,
+        );
+        let candidates = [Candidate::local(), cloud(), poor_uplink];
+        let free = busy_planner(Requirements::default());
+        assert_eq!(free.decide(10.0, &candidates).target(), Some(CLOUD));
+        // The cloud misses a 50 ms budget and the edge meets it.
+        let budget = busy_planner(Requirements {
+            latency_budget: Some(0.050),
+            ..Requirements::default()
+        });
+        let d = budget.decide(10.0, &candidates);
+        assert_eq!(d.target(), Some(EDGE), "{d:?}");
+        // Nothing meets 10 ms: the fastest place that pays is chosen.
+        let impossible = busy_planner(Requirements {
+            latency_budget: Some(0.010),
+            ..Requirements::default()
+        });
+        assert_eq!(impossible.decide(10.0, &candidates).target(), Some(CLOUD));
+    }
+
+    #[test]
+    fn a_small_gain_does_not_pay_for_a_large_state() {
+        let mut planner = busy_planner(Requirements::default());
+        // 50 MB at 1.25 MB/s is a 40 s pause for 40 ms a message.
+        planner.profile_mut().set_state_bytes(50_000_000);
+        assert_eq!(
+            planner
+                .decide(10.0, &[Candidate::local(), edge(0.010)])
+                .target(),
+            None
+        );
+    }
+
+    #[test]
+    fn hysteresis_keeps_the_worker_from_bouncing() {
+        let mut planner = busy_planner(Requirements::default());
+        planner.moved(10.0, EDGE);
+        let link = LinkEstimate::known(0.010, 1.25e6, 4.5e6);
+        for _ in 0..10 {
+            planner
+                .profile_mut()
+                .on_node_reply(EDGE, 0.040, 64, 28_000, &link);
+        }
+        // Another edge 5 % faster: not worth a move.
+        let twin = Candidate::node(
+            "ws://twin",
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.008, 1.25e6, 4.5e6)),
+            4.0,
+        );
+        let d = planner.decide(14.0, &[Candidate::local(), edge(0.010), twin.clone()]);
+        assert_eq!(d.target(), None, "{d:?}");
+        // Just after a move, even a much better place waits for the dwell time.
+        let near = Candidate::node(
+            "ws://near",
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.001, 1.25e6, 40e6)),
+            8.0,
+        );
+        let candidates = [Candidate::local(), edge(0.010), near];
+        assert_eq!(planner.decide(11.0, &candidates).target(), None);
+        assert_eq!(
+            planner.decide(14.0, &candidates).target(),
+            Some("ws://near")
+        );
+    }
+
+    #[test]
+    fn an_unreachable_place_is_left_for_the_best_one() {
+        let mut planner = busy_planner(Requirements::default());
+        planner.moved(10.0, EDGE);
+        let gone = Candidate::node(EDGE, PlaceKind::Edge, None, 4.0);
+        // Within the dwell time, too: the worker cannot stay where nothing reaches it.
+        let d = planner.decide(10.5, &[Candidate::local(), gone.clone(), cloud()]);
+        assert_eq!(d.target(), Some(CLOUD), "{d:?}");
+        let d = planner.decide(10.5, &[Candidate::local(), gone]);
+        assert_eq!(d.target(), Some(LOCAL), "{d:?}");
+    }
+
+    #[test]
+    fn a_crowded_node_is_seen_in_its_replies_and_left() {
+        let mut planner = busy_planner(Requirements::default());
+        planner.moved(10.0, EDGE);
+        let link = LinkEstimate::known(0.010, 1.25e6, 4.5e6);
+        for _ in 0..30 {
+            // The edge slowed down: 150 ms a message, slower than this device's 80.
+            planner
+                .profile_mut()
+                .on_node_reply(EDGE, 0.166, 64, 28_000, &link);
+        }
+        let d = planner.decide(14.0, &[Candidate::local(), edge(0.010), cloud()]);
+        assert_eq!(d.target(), Some(CLOUD), "{d:?}");
+    }
+
+    #[test]
+    fn an_idle_worker_stays() {
+        let planner = busy_planner(Requirements::default());
+        assert_eq!(
+            planner
+                .decide(60.0, &[Candidate::local(), edge(0.010)])
+                .target(),
+            None
+        );
+    }
+}
