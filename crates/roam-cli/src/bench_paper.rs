@@ -202,7 +202,8 @@ fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn read_worker(dir: &Path, name: &str) -> Result<Vec<u8>> {
+/// The example worker `name` from `dir`, or an error saying how to build the workers.
+pub(crate) fn read_worker(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).with_context(|| {
         format!(
