@@ -306,8 +306,9 @@ async fn drive(
     })
 }
 
-/// Asks the policy, then records a move that ended and a recovery the handle made alone;
-/// returns where the worker is now.
+/// Records what happened to the worker since `place` (a move that ended, or a recovery
+/// the handle made by itself), asks the policy, and records again (a move that completes
+/// as it begins); returns where the worker is now.
 #[allow(clippy::too_many_arguments)]
 async fn tick(
     policy: &mut Policy,
@@ -320,6 +321,7 @@ async fn tick(
     name_of: &dyn Fn(&Place) -> String,
 ) -> Result<String> {
     let now_s = t0.elapsed().as_secs_f64();
+    let place = record(handle, policy, moves, place, now_s, name_of);
     let view = View {
         trace: setup.trace,
         now_s,
@@ -328,8 +330,8 @@ async fn tick(
     };
     match policy.tick(handle, &view).await {
         Ok(Some(to)) => (setup.progress)(format!(
-            "  {} / {} at {now_s:.1} s: {} → {to}",
-            setup.trace.name, setup.policy, place
+            "  {} / {} at {now_s:.1} s: {place} → {to}",
+            setup.trace.name, setup.policy
         )),
         Ok(None) => {}
         // A move that could not even begin (its destination unreachable, say).
@@ -337,7 +339,7 @@ async fn tick(
             policy.move_failed();
             moves.push(MoveRecord {
                 kind: "failed".into(),
-                from: place.to_string(),
+                from: place.clone(),
                 to: String::new(),
                 at_s: now_s,
                 duration_ms: 0.0,
@@ -345,9 +347,21 @@ async fn tick(
             });
         }
     }
-    let result = handle.take_move_result();
+    Ok(record(handle, policy, moves, &place, now_s, name_of))
+}
+
+/// Records a move that ended, or a change of place no move explains (the worker's node
+/// became unreachable and the handle recovered the worker here); returns the place now.
+fn record(
+    handle: &mut WorkerHandle,
+    policy: &mut Policy,
+    moves: &mut Vec<MoveRecord>,
+    place: &str,
+    now_s: f64,
+    name_of: &dyn Fn(&Place) -> String,
+) -> String {
     let now_place = name_of(&handle.place());
-    match result {
+    match handle.take_move_result() {
         Some(Ok(report)) => moves.push(MoveRecord {
             kind: report.kind.to_string(),
             from: name_of(&url_place(&report.from)),
@@ -377,7 +391,7 @@ async fn tick(
         }),
         None => {}
     }
-    Ok(now_place)
+    now_place
 }
 
 /// A place as a move report names it (`local` or a URL).
