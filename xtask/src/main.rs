@@ -4,7 +4,7 @@
 //!   and moves, then serves the browser demo page (`demo browser`: the page alone);
 //! - `test`: sets up what is missing and runs every test (what CI runs; `test browser`: the
 //!   browser tests alone);
-//! - `bench core|moves|paper|browser|alloc`: a benchmark, written to `bench/results/`;
+//! - `bench core|moves|paper|mobility|browser|alloc`: a benchmark, written to `bench/results/`;
 //! - `fuzz [TARGET] [SECONDS]`: runs the cargo-fuzz targets (not part of CI);
 //! - `build-workers`: builds the example workers into `target/workers/`.
 //!
@@ -35,7 +35,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&rest),
         Some("fuzz") => fuzz(&rest),
         _ => bail!(
-            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  bench browser   frame rate local (CPU slowed 4x) vs offloaded, capture/restore in chromium (bench/results/browser.*)\n  bench paper [--quick]\n                  the SoCC 2019 evaluation on emulated links (bench/results/paper.*)\n  bench alloc     the workers with and without the zero-freed allocator (bench/results/alloc.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
+            "usage: cargo xtask <command>\n\n  demo            set up and run the demo\n  test            set up and run every test\n  bench core      capture/restore, message rate, worker state (bench/results/core.*)\n  bench moves     round trip through a node, handoff, idle workers (bench/results/moves.*)\n  bench browser   frame rate local (CPU slowed 4x) vs offloaded, capture/restore in chromium (bench/results/browser.*)\n  bench paper [--quick]\n                  the SoCC 2019 evaluation on emulated links (bench/results/paper.*)\n  bench mobility [--quick]\n                  traces of a device on the move replayed under each placement policy (bench/results/mobility.*)\n  bench alloc     the workers with and without the zero-freed allocator (bench/results/alloc.*)\n  fuzz [TARGET] [SECONDS]\n                  run the fuzz targets (installs cargo-fuzz; not in CI)\n  build-workers   build the example workers into target/workers/"
         ),
     }
 }
@@ -163,8 +163,8 @@ fn bench(args: &[&str]) -> Result<()> {
     if which == "alloc" {
         return bench_alloc::run_bench();
     }
-    if !["core", "moves", "paper", "browser"].contains(&which) {
-        bail!("unknown benchmark `{which}` (known: core, moves, paper, browser, alloc)");
+    if !["core", "moves", "paper", "browser", "mobility"].contains(&which) {
+        bail!("unknown benchmark `{which}` (known: core, moves, paper, mobility, browser, alloc)");
     }
     workers::build()?;
     if which == "browser" {

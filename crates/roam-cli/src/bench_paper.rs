@@ -12,10 +12,10 @@
 mod frame_rate;
 mod moves;
 mod plots;
-mod report;
-mod slow_device;
+pub(crate) mod report;
+pub(crate) mod slow_device;
 mod sweep;
-mod topology;
+pub(crate) mod topology;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -202,7 +202,8 @@ fn load_average() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn read_worker(dir: &Path, name: &str) -> Result<Vec<u8>> {
+/// The example worker `name` from `dir`, or an error saying how to build the workers.
+pub(crate) fn read_worker(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).with_context(|| {
         format!(
@@ -322,7 +323,7 @@ fn summarize(
 fn node_handler_totals(topo: &Topology) -> Result<BTreeMap<Site, (f64, u64)>> {
     Site::NODES
         .iter()
-        .map(|&site| Ok((site, moves::handler_totals(topo.url(site))?)))
+        .map(|&site| Ok((site, crate::node_metrics::handler_totals(topo.url(site))?)))
         .collect()
 }
 

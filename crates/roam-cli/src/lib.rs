@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_alloc;
+pub mod bench_mobility;
 pub mod bench_moves;
 pub mod bench_paper;
 pub mod commands;

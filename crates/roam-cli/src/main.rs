@@ -114,7 +114,7 @@ enum Command {
     /// Run a benchmark and write its results.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["core", "moves", "alloc", "paper"])]
+        #[arg(value_parser = ["core", "moves", "alloc", "paper", "mobility"])]
         which: String,
         /// Where the example workers are.
         #[arg(long, default_value = "target/workers")]
@@ -125,12 +125,23 @@ enum Command {
         /// Where to write the results (JSON and markdown).
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
-        /// (paper) A smoke run of a few seconds: faster links, small scenes, one run each.
+        /// A smoke run. paper: a few seconds, faster links, small scenes, one run each;
+        /// mobility: the walk trace in a quarter of its time, `local` and `auto` only.
         #[arg(long)]
         quick: bool,
         /// (paper) Runs per application, memory size and scene size.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// (mobility) Replay every `*.json` trace in this folder.
+        #[arg(long, value_name = "DIR", default_value = "bench/traces")]
+        traces: PathBuf,
+        /// (mobility) Replay this trace file instead (repeatable).
+        #[arg(long, value_name = "FILE")]
+        trace: Vec<PathBuf>,
+        /// (mobility) Comma-separated policies: local, cloud, paper, oracle, auto
+        /// (default: all; with --quick: local,auto).
+        #[arg(long, value_name = "LIST")]
+        policies: Option<String>,
     },
     /// Run an edge or cloud node that hosts workers for clients.
     Serve(roam_cli::serve::ServeArgs),
@@ -326,6 +337,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             quick,
             runs,
+            traces,
+            trace,
+            policies,
         } => {
             if let Some(without) = without_zeroing.filter(|_| which == "alloc") {
                 let results = roam_cli::bench_alloc::alloc(&workers, &without, &out)?;
@@ -335,6 +349,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let options = roam_cli::bench_paper::PaperOptions { quick, runs };
                 let results = roam_cli::bench_paper::paper(&roam, &workers, &out, &options)?;
                 print!("{}", roam_cli::bench_paper::markdown(&results));
+            } else if which == "mobility" {
+                let roam = std::env::current_exe()?;
+                let mobility = roam_cli::bench_mobility::load_mobility_options(
+                    &traces,
+                    &trace,
+                    policies.as_deref(),
+                    quick,
+                )?;
+                let results = roam_cli::bench_mobility::mobility(&roam, &workers, &out, &mobility)?;
+                print!("{}", roam_cli::bench_mobility::markdown(&results));
             } else if which == "moves" {
                 let roam = std::env::current_exe()?;
                 let results = roam_cli::bench_moves::moves(&roam, &workers, &out)?;

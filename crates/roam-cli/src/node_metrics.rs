@@ -37,3 +37,23 @@ pub(crate) fn series_sum(text: &str, name: &str) -> u64 {
 pub(crate) fn node_bytes(url: &str) -> Result<u64> {
     Ok(series_sum(&metrics(url)?, "roam_bytes_total"))
 }
+
+/// A node's handler time so far: (sum in seconds, count), from its `/metrics`.
+pub(crate) fn handler_totals(url: &str) -> Result<(f64, u64)> {
+    let text = metrics(url)?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("roam_message_duration_seconds_sum"),
+        value("roam_message_duration_seconds_count") as u64,
+    ))
+}

@@ -2,33 +2,12 @@
 //! output, well-formed — the JSON with every move of every application, the markdown
 //! tables with the targets checked, and three SVG plots.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Where `cargo xtask build-workers` puts the example workers (or `ROAM_WORKERS_DIR`).
-fn workers_dir() -> PathBuf {
-    std::env::var_os("ROAM_WORKERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/workers"))
-}
+mod support;
 
 #[test]
 fn the_quick_paper_benchmark_writes_every_result() {
     let out = tempfile::tempdir().unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_roam"))
-        .args(["bench", "paper", "--quick", "--workers"])
-        .arg(workers_dir())
-        .arg("--out")
-        .arg(out.path())
-        .status()
-        .expect("roam starts");
-    assert!(
-        status.success(),
-        "roam bench paper --quick failed: {status}"
-    );
-
-    let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("paper.json")).unwrap()).unwrap();
+    let json = support::quick_bench("paper", &[], out.path());
     assert_eq!(json["quick"], true);
     let moves = json["moves"].as_array().unwrap();
     for app in ["physics", "facedetect", "blur"] {

@@ -26,7 +26,6 @@ use roam_runtime::{Runtime, RuntimeConfig};
 use serde::Serialize;
 
 use super::topology::{bench_link, state_bps, Site, Topology};
-use crate::node_metrics::metrics;
 
 /// One application of the evaluation.
 pub struct App {
@@ -218,26 +217,6 @@ fn reply_wire(len: usize) -> u64 {
 fn post_wire(len: usize) -> u64 {
     let post = 8 + 16 + 8 + 4 + len;
     post as u64 + ws_header(post, true)
-}
-
-/// A node's handler time so far: (sum in seconds, count), from its `/metrics`.
-pub fn handler_totals(url: &str) -> Result<(f64, u64)> {
-    let text = metrics(url)?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    Ok((
-        value("roam_message_duration_seconds_sum"),
-        value("roam_message_duration_seconds_count") as u64,
-    ))
 }
 
 impl<'t> Device<'t> {

@@ -26,7 +26,7 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-fn seconds_or_ms(ms: f64) -> String {
+pub(crate) fn seconds_or_ms(ms: f64) -> String {
     if ms >= 1000.0 {
         format!("{:.2} s", ms / 1000.0)
     } else {

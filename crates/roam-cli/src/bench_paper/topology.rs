@@ -94,6 +94,11 @@ impl NodeProcess {
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         Ok(node)
     }
+
+    /// Its process id (to put it under a CPU quota).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for NodeProcess {

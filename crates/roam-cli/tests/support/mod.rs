@@ -1,4 +1,7 @@
-//! What the process-level tests share: the example workers and `roam serve` processes.
+//! What the process-level tests share: the example workers, `roam serve` processes and
+//! quick benchmark runs.
+// Each test binary uses a part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,6 +11,25 @@ pub fn workers_dir() -> PathBuf {
     std::env::var_os("ROAM_WORKERS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/workers"))
+}
+
+/// Runs `roam bench NAME --quick` on the example workers with `extra` arguments, writing
+/// into `out`, and returns `NAME.json`.
+pub fn quick_bench(name: &str, extra: &[&std::ffi::OsStr], out: &Path) -> serde_json::Value {
+    let status = Command::new(env!("CARGO_BIN_EXE_roam"))
+        .args(["bench", name, "--quick", "--workers"])
+        .arg(workers_dir())
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .expect("roam starts");
+    assert!(
+        status.success(),
+        "roam bench {name} --quick failed: {status}"
+    );
+    let json = std::fs::read(out.join(format!("{name}.json"))).unwrap();
+    serde_json::from_slice(&json).unwrap()
 }
 
 /// The path of an example worker, which `cargo xtask build-workers` builds.
