@@ -1,7 +1,7 @@
 //! `roam bench mobility`: a device on the move. Each trace (a walk between two edges, a
 //! commute across five with a tunnel, a crowded edge) is replayed in real time on emulated
 //! links to real nodes while the device — slowed to a quarter of a core — posts a physics
-//! step every 100 ms, under each placement policy in turn: never move, always the cloud,
+//! step every 50 ms, under each placement policy in turn: never move, always the cloud,
 //! the SoCC 2019 rule, an oracle that knows the trace, and Roam's automatic placement.
 //! The figure of merit is the reply latency the application sees; no message may be lost
 //! or answered twice. Traces, policies and metrics are described in `docs/benchmarks.md`.
@@ -350,6 +350,7 @@ pub fn mobility(
     // The other policies never read it.
     let plan = calibration.clone().unwrap_or(Calibration {
         local_handler_ms: 0.0,
+        local_latency_ms: 0.0,
         node_handler_ms: 0.0,
         request_bytes: 0,
         reply_bytes: 0,
@@ -375,6 +376,7 @@ pub fn mobility(
             ));
             let run_started = Instant::now();
             let mut network = Network::start(roam, &trace.places)?;
+            network.warm(&wasm)?;
             let record = run::run(
                 &mut network,
                 &run::RunSetup {

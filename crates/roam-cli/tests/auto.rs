@@ -152,3 +152,42 @@ fn a_worker_required_to_stay_local_stays() {
         );
     });
 }
+
+#[test]
+fn an_offload_completes_while_the_application_waits_for_replies() {
+    // Waiting for replies between posts drives the offload's rounds from the wait rather
+    // than from the posts: each round must still reach the task that sends them.
+    let edge = Node::start_with("edge", None, &[]);
+    runtime().block_on(async {
+        let wasm = std::fs::read(worker("physics")).unwrap();
+        let mut handle = WorkerHandle::start(&wasm, WorkerOptions::default()).unwrap();
+        handle.post(physics_init(1000, 3)).await.unwrap();
+        handle
+            .begin_move(Place::Node(edge.url.clone()))
+            .await
+            .unwrap();
+        let mut posted = 1;
+        let mut replies = handle.take_replies().len();
+        let report = loop {
+            assert!(posted < 2000, "the offload never ended");
+            handle.post(physics_step(1)).await.unwrap();
+            posted += 1;
+            while let Some(_reply) = handle
+                .next_reply_within(Duration::from_millis(5))
+                .await
+                .unwrap()
+            {
+                replies += 1;
+            }
+            if let Some(result) = handle.take_move_result() {
+                break result.expect("the offload succeeds");
+            }
+        };
+        assert_eq!(report.to, edge.url);
+        while handle.next_reply().await.unwrap().is_some() {
+            replies += 1;
+        }
+        replies += handle.take_replies().len();
+        assert_eq!(replies, posted, "one reply per message");
+    });
+}

@@ -233,6 +233,9 @@ impl AutoPlacer {
     ) -> Result<Option<Decision>, ClientError> {
         if !self.started {
             self.start();
+            self.planner
+                .profile_mut()
+                .set_module_bytes(handle.module_bytes());
         }
         let now = self.now();
         self.take_in(handle, now);

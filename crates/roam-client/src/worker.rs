@@ -274,6 +274,8 @@ struct PendingOffload {
     rounds: tokio::sync::mpsc::UnboundedSender<OffloadRound>,
     /// The bandwidth the task measured for each round delivered, bytes per second.
     delivered: tokio::sync::mpsc::UnboundedReceiver<f64>,
+    /// A bandwidth taken from `delivered` by a wait and not yet acted on.
+    latest: Option<f64>,
     task: tokio::task::JoinHandle<Result<Offloaded, ClientError>>,
     /// Every chunk of every manifest sent: the node holds them all.
     known: HashSet<ChunkHash>,
@@ -622,6 +624,11 @@ impl WorkerHandle {
         if self.transfers.len() < MAX_OBSERVATIONS {
             self.transfers.push(transfer);
         }
+    }
+
+    /// The size of the worker's module (as prepared).
+    pub(crate) fn module_bytes(&self) -> u64 {
+        self.module.bytes().len() as u64
     }
 
     /// The state transfers timed since the last call.
@@ -1014,6 +1021,7 @@ impl WorkerHandle {
             started: Instant::now(),
             rounds,
             delivered,
+            latest: None,
             task,
             known: manifest.chunks.iter().map(|c| c.hash).collect(),
             previous,
@@ -1032,7 +1040,7 @@ impl WorkerHandle {
         let Some(offload) = &mut self.offloading else {
             return Ok(());
         };
-        let mut bandwidth = None;
+        let mut bandwidth = offload.latest.take();
         while let Ok(measured) = offload.delivered.try_recv() {
             bandwidth = Some(measured);
         }
@@ -1101,13 +1109,9 @@ impl WorkerHandle {
                 return Ok(());
             };
             if let Some(bandwidth) = received {
-                // Put back for drive_offload, which takes the latest.
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let _ = tx.send(bandwidth);
-                while let Ok(more) = offload.delivered.try_recv() {
-                    let _ = tx.send(more);
-                }
-                offload.delivered = rx;
+                // For drive_offload, which takes the latest. (The channel stays: the task
+                // sends on it after every round.)
+                offload.latest = Some(bandwidth);
                 return self.drive_offload();
             }
         }

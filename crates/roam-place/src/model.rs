@@ -100,6 +100,7 @@ pub struct WorkerProfile {
     local_handler: Ewma,
     at_node: BTreeMap<String, AtNode>,
     state_bytes: u64,
+    module_bytes: u64,
 }
 
 impl Default for WorkerProfile {
@@ -112,6 +113,7 @@ impl Default for WorkerProfile {
             local_handler: Ewma::new(0.2),
             at_node: BTreeMap::new(),
             state_bytes: 0,
+            module_bytes: 0,
         }
     }
 }
@@ -171,6 +173,17 @@ impl WorkerProfile {
     /// The state's size as it travels.
     pub fn state_bytes(&self) -> u64 {
         self.state_bytes
+    }
+
+    /// The worker's module is `bytes` large: a node that never ran the worker may need it
+    /// sent and compiled.
+    pub fn set_module_bytes(&mut self, bytes: u64) {
+        self.module_bytes = bytes;
+    }
+
+    /// The module's size.
+    pub fn module_bytes(&self) -> u64 {
+        self.module_bytes
     }
 
     /// Seconds between two messages, once two were posted.

@@ -11,6 +11,11 @@
 use crate::estimate::{Direction, Ewma};
 use crate::model::{queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL};
 
+/// Bytes of wasm a node compiles per second, for a first move to a node that lacks the
+/// module (Cranelift on the reference core compiles the 2 MB physics worker in about a
+/// second).
+const COMPILE_BYTES_PER_SECOND: f64 = 2.0e6;
+
 /// What an application requires of placement; always honoured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requirements {
@@ -125,6 +130,8 @@ pub struct Planner {
     profile: WorkerProfile,
     current: String,
     last_move_at: Option<f64>,
+    /// Nodes the worker ran on: they hold its module, compiled.
+    visited: std::collections::BTreeSet<String>,
     /// Observed over modelled pause, per [`MoveKind`].
     stall_factor: [Ewma; 3],
 }
@@ -162,6 +169,7 @@ impl Planner {
             profile: WorkerProfile::default(),
             current: LOCAL.to_string(),
             last_move_at: None,
+            visited: Default::default(),
             stall_factor: [Ewma::new(0.5); 3],
         }
     }
@@ -192,6 +200,9 @@ impl Planner {
         if place != self.current {
             self.current = place.to_string();
             self.last_move_at = Some(now);
+        }
+        if place != LOCAL {
+            self.visited.insert(place.to_string());
         }
     }
 
@@ -268,30 +279,29 @@ impl Planner {
     /// Also returns the model's figure before the correction learned from moves seen.
     fn stall(&self, to: &Candidate, current: Option<&Candidate>) -> (f64, f64) {
         let state = self.profile.state_bytes() as f64;
-        let Some(from) = current else {
-            // The place it was is gone: the client already has it back.
-            return match &to.link {
-                Some(link) => self.scaled(
-                    MoveKind::Offload,
-                    link.rtt + link.transfer(Direction::Up, state),
-                ),
-                None => (0.0, 0.0),
-            };
+        // A node the worker never ran on may lack its module: it travels, and compiles.
+        let (module, compile) = if to.kind != PlaceKind::Local && !self.visited.contains(&to.id) {
+            let bytes = self.profile.module_bytes() as f64;
+            (bytes, bytes / COMPILE_BYTES_PER_SECOND)
+        } else {
+            (0.0, 0.0)
         };
-        match (&from.link, &to.link) {
-            (None, Some(link)) => self.scaled(
+        let from_link = current.map(|c| c.link.as_ref());
+        match (from_link, &to.link) {
+            // From the device, or from a place that is gone (the client has it back).
+            (None | Some(None), Some(link)) => self.scaled(
                 MoveKind::Offload,
-                link.rtt + link.transfer(Direction::Up, state),
+                link.rtt + link.transfer(Direction::Up, state + module) + compile,
             ),
-            (Some(link), None) => self.scaled(
+            (Some(Some(link)), None) => self.scaled(
                 MoveKind::Return,
                 link.rtt + link.transfer(Direction::Down, state),
             ),
-            (Some(a), Some(b)) => self.scaled(
+            (Some(Some(a)), Some(b)) => self.scaled(
                 MoveKind::Handoff,
-                a.rtt + state / self.settings.node_to_node + b.rtt,
+                a.rtt + (state + module) / self.settings.node_to_node + compile + b.rtt,
             ),
-            (None, None) => (0.0, 0.0),
+            (_, None) => (0.0, 0.0),
         }
     }
 
@@ -656,6 +666,26 @@ mod tests {
         assert_eq!(MoveKind::between(EDGE, "ws://b"), Some(MoveKind::Handoff));
         assert_eq!(MoveKind::between(EDGE, LOCAL), Some(MoveKind::Return));
         assert_eq!(MoveKind::between(EDGE, EDGE), None);
+    }
+
+    #[test]
+    fn a_first_move_to_a_node_counts_the_module_it_lacks() {
+        let mut planner = busy_planner(Requirements::default());
+        planner.profile_mut().set_module_bytes(2_000_000);
+        let candidates = [Candidate::local(), edge(0.010)];
+        let first = planner.decide(10.0, &candidates).predictions()[1].stall;
+        // 1 MiB of state and 2 MB of module at 1.25 MB/s, and a second of compiling.
+        assert!(
+            (first - (0.010 + 3_048_576.0 / 1.25e6 + 1.0)).abs() < 1e-6,
+            "{first}"
+        );
+        planner.moved(10.0, EDGE);
+        planner.moved(11.0, LOCAL);
+        let again = planner.decide(20.0, &candidates).predictions()[1].stall;
+        assert!(
+            (again - (0.010 + 1_048_576.0 / 1.25e6)).abs() < 1e-6,
+            "{again}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use roam_client::{Place, WorkerHandle, WorkerOptions};
 use roam_link::{CpuQuota, Link, LinkSpec};
 
 use super::trace::{Event, LinkSetting, CLOUD};
@@ -100,6 +101,35 @@ impl Network {
             _links: links,
             _dirs: dirs,
             cpu_problems: Vec::new(),
+        })
+    }
+
+    /// Gives every node the worker's module, compiled, as the nodes of a deployment
+    /// serving this application would hold it: a throwaway worker of the module visits
+    /// each node directly (not through the device's links) and comes back. Moves in the
+    /// runs are then warm, as `roam bench paper`'s warm moves are.
+    pub fn warm(&self, wasm: &[u8]) -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            for (place, node) in &self.nodes {
+                let options = WorkerOptions {
+                    checkpoint_every: None,
+                    ..WorkerOptions::default()
+                };
+                let mut handle = WorkerHandle::start(wasm, options)?;
+                let url = node.process.url.clone();
+                handle
+                    .move_to(Place::Node(url))
+                    .await
+                    .with_context(|| format!("cannot warm the node `{place}`"))?;
+                handle
+                    .move_to(Place::Local)
+                    .await
+                    .with_context(|| format!("cannot warm the node `{place}`"))?;
+            }
+            Ok(())
         })
     }
 

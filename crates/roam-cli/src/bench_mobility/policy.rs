@@ -31,6 +31,9 @@ pub const PAPER_THRESHOLD_MS: f64 = 30.0;
 pub struct Calibration {
     /// One step's handler time on the slow device (the post's duration), mean, ms.
     pub local_handler_ms: f64,
+    /// Mean reply latency on the slow device at the run's pace, open loop, over a whole
+    /// scene, ms: the handler and the queue a busy device builds.
+    pub local_latency_ms: f64,
     /// One step's handler time on an edge at full speed (the node's own metric), mean, ms.
     pub node_handler_ms: f64,
     /// One step message, bytes.
@@ -61,14 +64,16 @@ impl Calibration {
     /// reached.
     pub fn expected_s(&self, place: &str, state: &BTreeMap<String, PlaceState>) -> Option<f64> {
         if place == "local" {
-            return Some(self.local_handler_ms / 1e3);
+            return Some(self.local_latency_ms / 1e3);
         }
         let s = state.get(place)?;
         let link = s.link?;
-        Some(
-            link.exchange_s(self.request_bytes, self.reply_bytes)
-                + self.node_handler_ms / 1e3 / s.cpu,
-        )
+        // A node slower than the messages come builds a queue that grows for as long as
+        // the worker stays: on average half of what 30 s would pile up.
+        let service = self.node_handler_ms / 1e3 / s.cpu;
+        let interval = super::run::POST_EVERY.as_secs_f64();
+        let backlog = (1.0 - interval / service).max(0.0) * 30.0 / 2.0;
+        Some(link.exchange_s(self.request_bytes, self.reply_bytes) + service + backlog)
     }
 
     /// The cost of a move from `from` to `to` (see [`Calibration::penalty_s`]), s.

@@ -56,13 +56,15 @@ pub fn markdown(r: &MobilityResults) -> String {
     );
     let _ = writeln!(md, "- Links: {}.", r.links);
     let _ = writeln!(md, "- Nodes: a `roam serve` process per place (edges registered with the cloud), started afresh for every trace × policy; a crowded node's process is put under a CPU quota of the trace's share of one core.");
-    let _ = writeln!(md, "- Workload: the physics worker at 1,000 cubes, one message posted every 100 ms whatever the replies (open loop): a step of 1/60 s, and every {}th a fresh drop of the cubes (a settled scene costs next to nothing); latency = reply arrival − the time the message was due.",
+    let _ = writeln!(md, "- Workload: the physics worker at 1,000 cubes, one message posted every {} ms whatever the replies (open loop): a step of 1/60 s, and every {}th a fresh drop of the cubes (a settled scene costs next to nothing); latency = reply arrival − the time the message was due. Every node holds the module, compiled, before the trace starts (a deployment serving this application would).",
+        super::run::POST_EVERY.as_millis(),
         super::run::SCENE_EVERY);
     if let Some(c) = &r.calibration {
         let _ = writeln!(
             md,
-            "- Calibration (what the oracle plans with): one message takes {:.1} ms on the slow device and {:.1} ms on an edge; a reply on an edge took {:.1} ms; offload {}, handoff {}, return {}, costing the messages posted meanwhile {:.1}, {:.1} and {:.1} s of latency in all.",
+            "- Calibration (what the oracle plans with): one message takes {:.1} ms on the slow device (a reply at the run's pace {:.1} ms, queueing included) and {:.1} ms on an edge; a reply on an edge took {:.1} ms; offload {}, handoff {}, return {}, costing the messages posted meanwhile {:.1}, {:.1} and {:.1} s of latency in all.",
             c.local_handler_ms,
+            c.local_latency_ms,
             c.node_handler_ms,
             c.edge_latency_ms,
             ms(c.offload_ms),

@@ -1,5 +1,5 @@
 //! One run: a trace replayed on a fresh network while the device, slowed to a quarter of
-//! a core, posts a physics step every 100 ms under one policy and stamps every reply; and
+//! a core, posts a physics step every 50 ms under one policy and stamps every reply; and
 //! the calibration that measures the handler times and move times the oracle plans with.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ use crate::workloads::{physics_init, physics_step};
 /// The slow device's share of one core (as `roam bench paper`'s).
 pub const DEVICE_SHARE: f64 = 0.25;
 /// One step is posted every this often.
-pub const POST_EVERY: Duration = Duration::from_millis(100);
+pub const POST_EVERY: Duration = Duration::from_millis(50);
 /// Cubes in the scene.
 pub const CUBES: u32 = 1000;
 /// A fresh scene (a new drop of the cubes, another seed) every this many messages: cubes
@@ -415,6 +415,7 @@ pub fn calibrate(
 ) -> Result<Calibration> {
     let places: Vec<String> = ["A", "B", CLOUD].map(String::from).to_vec();
     let network = Network::start(roam, &places)?;
+    network.warm(wasm)?;
     let options = WorkerOptions {
         routes: network.device_routes(),
         ..options.clone()
@@ -520,6 +521,17 @@ async fn calibrate_on(
             reply_bytes = r.payload.len() as u64;
         }
     }
+    // Locally at the run's pace, open loop, over a whole scene: the handler runs inside
+    // the post, so a late post is a late reply.
+    let mut local_paced = Vec::new();
+    let t0 = tokio::time::Instant::now();
+    for (k, i) in (6 * SCENE_EVERY..7 * SCENE_EVERY).enumerate() {
+        let due = t0 + POST_EVERY * k as u32;
+        tokio::time::sleep_until(due).await;
+        handle.post(message(i)).await?;
+        local_paced.push(due.elapsed().as_secs_f64() * 1e3);
+        handle.take_replies();
+    }
     let mut next = 2 * SCENE_EVERY;
     let (offload, offload_latencies) =
         paced_move(&mut handle, Place::Node(a.to_string()), &mut next).await?;
@@ -562,6 +574,7 @@ async fn calibrate_on(
     };
     Ok(Calibration {
         local_handler_ms: local_ms,
+        local_latency_ms: mean(&local_paced),
         node_handler_ms: (after.0 - before.0) / (after.1 - before.1).max(1) as f64 * 1e3,
         request_bytes: physics_step(1).len() as u64,
         reply_bytes,
