@@ -29,9 +29,9 @@ fn cluster() -> (Node, Node) {
     (cloud, edge)
 }
 
-/// Physics with 400 cubes, then `steps` single steps.
-fn physics_messages(steps: usize) -> Vec<Vec<u8>> {
-    let mut messages = vec![physics_init(400, 7)];
+/// Physics with `cubes` cubes, then `steps` single steps.
+fn physics_messages(cubes: u32, steps: usize) -> Vec<Vec<u8>> {
+    let mut messages = vec![physics_init(cubes, 7)];
     messages.extend((0..steps).map(|_| physics_step(1)));
     messages
 }
@@ -78,7 +78,9 @@ fn the_placer_finds_the_edges_the_cloud_lists_and_measures_them() {
 fn a_busy_worker_goes_to_the_fast_edge_by_itself_and_loses_nothing() {
     let (cloud, edge) = cluster();
     let dir = tempfile::tempdir().unwrap();
-    let messages = physics_messages(150);
+    // A step every 5 ms is more than this machine can step 1,000 cubes at: a first
+    // move, which pays for the module's transfer and compile, clearly pays.
+    let messages = physics_messages(1000, 400);
     let input = dir.path().join("messages");
     std::fs::write(&input, encode_records(messages.iter().map(Vec::as_slice))).unwrap();
     let run = |out: &Path, extra: &[&str]| {
@@ -107,7 +109,7 @@ fn a_busy_worker_goes_to_the_fast_edge_by_itself_and_loses_nothing() {
             "--cloud",
             &cloud.url,
             "--interval-ms",
-            "20",
+            "5",
         ],
     );
     assert!(
@@ -140,7 +142,7 @@ fn a_worker_required_to_stay_local_stays() {
             discover_every: Duration::from_millis(200),
             ..AutoOptions::default()
         });
-        for message in physics_messages(100) {
+        for message in physics_messages(400, 100) {
             handle.post(message).await.unwrap();
             assert!(placer.tick(&mut handle).await.unwrap().is_none());
             tokio::time::sleep(Duration::from_millis(10)).await;
