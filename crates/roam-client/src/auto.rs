@@ -20,7 +20,7 @@ use roam_proto::{Frame, NodeRole};
 use crate::connection::{dial_url, Connection};
 use crate::error::ClientError;
 use crate::probe::Prober;
-use crate::worker::{Place, WorkerHandle, WorkerOptions};
+use crate::worker::{MoveMode, Place, WorkerHandle, WorkerOptions};
 
 /// What an application requires of placement; always honoured.
 #[derive(Clone, Debug, PartialEq)]
@@ -108,8 +108,26 @@ pub struct CandidateView {
 const PROBE_DOWN: usize = 256 << 10;
 const PROBE_UP: usize = 128 << 10;
 
+/// How often a node that lacks the worker's module is asked again.
+const MODULE_ASK_EVERY: Duration = Duration::from_secs(10);
+
 /// Compressed state per byte of non-zero memory, before a move has shown the real ratio.
 const COMPRESSION_GUESS: f64 = 0.6;
+
+/// How often the worker's memory is scanned for its size while it runs here; each scan
+/// is followed by a second one [`SCAN_PAIR`] later, which tells how fast it is rewritten.
+const SCAN_EVERY: Duration = Duration::from_secs(5);
+const SCAN_PAIR: Duration = Duration::from_millis(500);
+
+/// After a move, the messages that waited through it are answered first: the place is
+/// judged from messages posted once they are (at most this long after the move ended).
+const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
+
+/// An offload pauses the worker from the start when pre-copy's first round would take
+/// long enough for the worker to rewrite at least this share of its state meanwhile: the
+/// next round would be about as large, so running on through the rounds only makes the
+/// move longer.
+const REWRITE_FOR_STOP_AND_COPY: f64 = 0.5;
 
 /// One candidate node, shared between its probe task and the placer.
 #[derive(Debug)]
@@ -119,6 +137,8 @@ struct Probed {
     link: LinkEstimator,
     /// The worker runs there: its messages use the link, so no bandwidth probe does.
     carrying: bool,
+    /// The node said it holds the worker's module.
+    holds_module: bool,
 }
 
 type Shared = Arc<Mutex<BTreeMap<String, Probed>>>;
@@ -136,6 +156,8 @@ type Tasks = Arc<Mutex<Vec<tokio::task::AbortHandle>>>;
 pub struct AutoPlacer {
     options: AutoOptions,
     planner: Planner,
+    /// The worker's module, which each node is asked whether it holds.
+    module: Option<[u8; 32]>,
     origin: Instant,
     nodes: Shared,
     tasks: Tasks,
@@ -144,7 +166,16 @@ pub struct AutoPlacer {
     device_speed: f64,
     /// When the worker arrived where it is: messages posted before are not its runs there.
     arrived_at: Instant,
-    last_state_at: Option<Instant>,
+    /// A move ended then, and the messages that waited through it are still being answered.
+    settling: Option<Instant>,
+    /// A move was under way at the last tick.
+    was_moving: bool,
+    /// When the worker's memory was last scanned, and whether the next scan is the second
+    /// of a pair.
+    scanned_at: Option<Instant>,
+    scan_second: bool,
+    /// How fast the worker rewrites its memory here, bytes per second (uncompressed).
+    rewrite_rate: Option<f64>,
     last_decision: Option<String>,
     /// When the last message seen was handled.
     last_handled: Option<Instant>,
@@ -157,6 +188,8 @@ pub struct AutoPlacer {
 #[derive(Debug)]
 struct Watching {
     kind: roam_place::MoveKind,
+    /// Where the move goes: one that ends elsewhere failed, and says nothing of its kind.
+    to: String,
     modelled: f64,
     started: Instant,
     ended: Option<Instant>,
@@ -174,6 +207,7 @@ impl AutoPlacer {
         };
         AutoPlacer {
             planner: Planner::new(PlannerSettings::default(), requirements),
+            module: None,
             options,
             origin: Instant::now(),
             nodes: Arc::default(),
@@ -181,7 +215,11 @@ impl AutoPlacer {
             started: false,
             device_speed: 1.0,
             arrived_at: Instant::now(),
-            last_state_at: None,
+            settling: None,
+            was_moving: false,
+            scanned_at: None,
+            scan_second: false,
+            rewrite_rate: None,
             last_decision: None,
             last_handled: None,
             watching: None,
@@ -232,27 +270,51 @@ impl AutoPlacer {
         handle: &mut WorkerHandle,
     ) -> Result<Option<Decision>, ClientError> {
         if !self.started {
+            self.module = Some(handle.module_hash());
             self.start();
             self.planner
                 .profile_mut()
                 .set_module_bytes(handle.module_bytes());
         }
+        // The probes run on this runtime, maybe on this very thread, beside an application
+        // that may never wait on anything while its worker runs here (a device that
+        // cannot keep up posts back to back): let them have their turn, or the links'
+        // estimates go stale and every node looks unreachable.
+        tokio::task::yield_now().await;
         let now = self.now();
         self.take_in(handle, now);
         if handle.moving() {
+            self.was_moving = true;
             return Ok(None);
         }
         if let Some(watching) = &mut self.watching {
             watching.ended.get_or_insert_with(Instant::now);
         }
         let here = place_id(&handle.place());
-        if here != self.planner.current() {
+        if self.watching.as_ref().is_some_and(|w| w.to != here) {
+            tracing::debug!(to = %self.watching.as_ref().map_or("", |w| w.to.as_str()), "the move did not end there: its pause is not learned");
+            self.watching = None;
+        }
+        if self.was_moving || here != self.planner.current() {
             // A move ended, or the handle took the worker back from a node it lost.
-            self.planner.moved(now, &here);
+            self.was_moving = false;
+            self.planner.arrived(now, &here);
             self.arrived_at = Instant::now();
+            self.settling = Some(Instant::now());
+        }
+        if let Some(since) = self.settling {
+            // The backlog is answered (or has had its time): from now on, what messages
+            // take is what this place gives.
+            if handle.pending() <= 1 || since.elapsed() >= SETTLE_AT_MOST {
+                self.settling = None;
+                self.arrived_at = Instant::now();
+            }
         }
         let candidates = self.candidates_at(now, &here);
         let decision = self.planner.decide(now, &candidates);
+        if self.last_decision.as_deref() != Some(decision.reason()) {
+            tracing::debug!(at_s = now, "placement: {}", decision.reason());
+        }
         self.last_decision = Some(decision.reason().to_string());
         let Some(to) = decision.target() else {
             return Ok(None);
@@ -271,20 +333,58 @@ impl AutoPlacer {
             .map_or(0.0, |p| p.stall_modelled);
         self.watching = kind.map(|kind| Watching {
             kind,
+            to: to.to_string(),
             modelled,
             started: Instant::now(),
             ended: None,
             longest_gap: Duration::ZERO,
         });
-        handle.begin_move(place.clone()).await?;
+        let mode = match kind {
+            Some(roam_place::MoveKind::Offload) => self.offload_mode(now, to),
+            _ => MoveMode::PreCopy,
+        };
+        handle.begin_move_with(place.clone(), mode).await?;
         // Where it is now (a move that completes at once) or will be; the next tick looks
         // at the handle again.
         self.planner.moved(now, to);
         self.arrived_at = Instant::now();
+        self.was_moving = true;
         Ok(Some(Decision {
             to: place,
             reason: decision.reason().to_string(),
         }))
+    }
+
+    /// How an offload to `to` should send the state: paused from the start when the
+    /// worker would rewrite much of it while the first round crosses the link.
+    fn offload_mode(&self, now: f64, to: &str) -> MoveMode {
+        let state = self.planner.profile().state_bytes() as f64;
+        let up = self
+            .nodes
+            .lock()
+            .expect("placer nodes")
+            .get(to)
+            .and_then(|p| p.link.estimate(now))
+            .map(|e| e.up);
+        let (Some(rate), Some(up)) = (self.rewrite_rate, up) else {
+            tracing::debug!(rate = ?self.rewrite_rate, ?up, "offload mode: pre-copy, nothing measured");
+            return MoveMode::PreCopy;
+        };
+        let first_round = state / up.max(1.0);
+        let rewritten = (rate * COMPRESSION_GUESS * first_round).min(state);
+        let mode = if state > 0.0 && rewritten >= REWRITE_FOR_STOP_AND_COPY * state {
+            MoveMode::StopAndCopy
+        } else {
+            MoveMode::PreCopy
+        };
+        tracing::debug!(
+            state_bytes = state,
+            first_round_s = first_round,
+            rewritten_bytes = rewritten,
+            ?mode,
+            "offload mode"
+        );
+        mode
     }
 
     /// The device's speed, the first probes and the discovery of edges.
@@ -298,6 +398,7 @@ impl AutoPlacer {
             self.watch(&cloud, true);
             let task = tokio::spawn(discover(
                 cloud,
+                self.module,
                 self.options.clone(),
                 self.nodes.clone(),
                 self.tasks.clone(),
@@ -318,6 +419,7 @@ impl AutoPlacer {
         watch(
             url,
             cloud,
+            self.module,
             &self.options,
             &self.nodes,
             &self.tasks,
@@ -376,14 +478,24 @@ impl AutoPlacer {
             }
         }
         drop(nodes);
-        let stale = self
-            .last_state_at
-            .is_none_or(|at| at.elapsed() > Duration::from_secs(5));
-        if stale {
-            if let Some(bytes) = handle.local_state_bytes() {
-                let compressed = (bytes as f64 * COMPRESSION_GUESS) as u64;
-                self.planner.profile_mut().set_state_bytes(compressed);
-                self.last_state_at = Some(Instant::now());
+        let wait = if self.scan_second {
+            SCAN_PAIR
+        } else {
+            SCAN_EVERY
+        };
+        if self.scanned_at.is_none_or(|at| at.elapsed() >= wait) {
+            match handle.scan_local_state() {
+                Some(scan) => {
+                    let compressed = (scan.nonzero as f64 * COMPRESSION_GUESS) as u64;
+                    self.planner.profile_mut().set_state_bytes(compressed);
+                    if let (true, Some((bytes, over))) = (self.scan_second, scan.changed) {
+                        self.rewrite_rate = Some(bytes as f64 / over.as_secs_f64().max(1e-3));
+                    }
+                    self.scan_second = !self.scan_second;
+                    self.scanned_at = Some(Instant::now());
+                }
+                // Not here: the next scan starts a new pair.
+                None => self.scan_second = false,
             }
         }
     }
@@ -433,7 +545,10 @@ impl AutoPlacer {
                 PlaceKind::Edge
             };
             let speed = probed.speed.unwrap_or(1.0) / self.device_speed.max(1e-6);
-            candidates.push(Candidate::node(url, kind, probed.link.estimate(now), speed));
+            candidates.push(
+                Candidate::node(url, kind, probed.link.estimate(now), speed)
+                    .with_module(probed.holds_module),
+            );
         }
         candidates
     }
@@ -457,9 +572,11 @@ fn place_id(place: &Place) -> String {
 }
 
 /// Adds `url` to the nodes and starts probing it, unless it is there already.
+#[allow(clippy::too_many_arguments)]
 fn watch(
     url: &str,
     cloud: bool,
+    module: Option<[u8; 32]>,
     options: &AutoOptions,
     nodes: &Shared,
     tasks: &Tasks,
@@ -483,11 +600,13 @@ fn watch(
             speed: None,
             link: LinkEstimator::default(),
             carrying: false,
+            holds_module: false,
         },
     );
     let task = tokio::spawn(probe(
         url.to_string(),
         prober,
+        module,
         options.probe_every,
         nodes.clone(),
         origin,
@@ -499,8 +618,17 @@ fn watch(
 }
 
 /// Measures one node until aborted.
-async fn probe(url: String, mut prober: Prober, every: Duration, nodes: Shared, origin: Instant) {
+async fn probe(
+    url: String,
+    mut prober: Prober,
+    module: Option<[u8; 32]>,
+    every: Duration,
+    nodes: Shared,
+    origin: Instant,
+) {
     let now = || origin.elapsed().as_secs_f64();
+    let mut module_asked: Option<Instant> = None;
+    let mut module_held = false;
     loop {
         match prober.health().await {
             Ok((rtt, health)) => {
@@ -518,6 +646,22 @@ async fn probe(url: String, mut prober: Prober, every: Duration, nodes: Shared, 
                 }
                 tokio::time::sleep(every).await;
                 continue;
+            }
+        }
+        // Whether the node holds the module: asked at first, then every 10 s until it does
+        // (another worker of the module, or this one, may bring it).
+        if let (Some(hash), false) = (&module, module_held) {
+            if module_asked.is_none_or(|at| at.elapsed() >= MODULE_ASK_EVERY) {
+                module_asked = Some(Instant::now());
+                match prober.holds_module(hash).await {
+                    Ok(held) => {
+                        module_held = held;
+                        if let Some(probed) = nodes.lock().expect("placer nodes").get_mut(&url) {
+                            probed.holds_module = held;
+                        }
+                    }
+                    Err(e) => tracing::debug!(%url, "module probe: {e}"),
+                }
             }
         }
         for direction in [Direction::Down, Direction::Up] {
@@ -557,6 +701,7 @@ async fn probe(url: String, mut prober: Prober, every: Duration, nodes: Shared, 
 /// Asks the cloud for its edges every `options.discover_every` and probes each new one.
 async fn discover(
     cloud: String,
+    module: Option<[u8; 32]>,
     options: AutoOptions,
     nodes: Shared,
     tasks: Tasks,
@@ -571,7 +716,7 @@ async fn discover(
         match list_edges(&cloud, &connect).await {
             Ok(edges) => {
                 for url in edges {
-                    watch(&url, false, &options, &nodes, &tasks, origin);
+                    watch(&url, false, module, &options, &nodes, &tasks, origin);
                 }
             }
             Err(e) => tracing::debug!(%cloud, "cannot list the edges: {e}"),

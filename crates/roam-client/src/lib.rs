@@ -33,4 +33,4 @@ mod worker;
 
 pub use auto::{AutoOptions, AutoPlacer, CandidateView, Decision, Requirements};
 pub use error::ClientError;
-pub use worker::{MoveKind, MoveReport, Place, Reply, WorkerHandle, WorkerOptions};
+pub use worker::{MoveKind, MoveMode, MoveReport, Place, Reply, WorkerHandle, WorkerOptions};

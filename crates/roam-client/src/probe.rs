@@ -41,9 +41,23 @@ impl Prober {
         })
     }
 
-    /// One request on the kept-alive connection (opened when there is none); the time
-    /// from sending it to the whole response, and the body.
+    /// One request that must be answered 200: the time from sending it to the whole
+    /// response, and the body.
     async fn request(&mut self, head: &str, body: &[u8]) -> Result<(Duration, Vec<u8>), String> {
+        let (took, status, answer) = self.request_any(head, body).await?;
+        if status != 200 {
+            return Err(format!("{} answered {status} to `{head}`", self.addr));
+        }
+        Ok((took, answer))
+    }
+
+    /// One request on the kept-alive connection (opened when there is none); the time
+    /// from sending it to the whole response, the status and the body.
+    async fn request_any(
+        &mut self,
+        head: &str,
+        body: &[u8],
+    ) -> Result<(Duration, u16, Vec<u8>), String> {
         let result = tokio::time::timeout(self.timeout, self.exchange(head, body)).await;
         match result {
             Ok(Ok(answer)) => Ok(answer),
@@ -61,7 +75,11 @@ impl Prober {
         }
     }
 
-    async fn exchange(&mut self, head: &str, body: &[u8]) -> Result<(Duration, Vec<u8>), String> {
+    async fn exchange(
+        &mut self,
+        head: &str,
+        body: &[u8],
+    ) -> Result<(Duration, u16, Vec<u8>), String> {
         let io = |e: std::io::Error| e.to_string();
         if self.stream.is_none() {
             let stream = TcpStream::connect(&self.addr).await.map_err(io)?;
@@ -83,9 +101,11 @@ impl Prober {
         stream.get_mut().write_all(body).await.map_err(io)?;
         let mut status = String::new();
         stream.read_line(&mut status).await.map_err(io)?;
-        if !status.starts_with("HTTP/1.1 200") {
-            return Err(format!("{} answered `{}`", self.addr, status.trim()));
-        }
+        let code = status
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| format!("{} answered `{}`", self.addr, status.trim()))?;
         let mut length = None;
         loop {
             let mut line = String::new();
@@ -108,7 +128,20 @@ impl Prober {
         }
         let mut answer = vec![0; length];
         stream.read_exact(&mut answer).await.map_err(io)?;
-        Ok((started.elapsed(), answer))
+        Ok((started.elapsed(), code, answer))
+    }
+
+    /// `GET /modules/<hash>`: whether the node holds the module.
+    pub async fn holds_module(&mut self, hash: &[u8; 32]) -> Result<bool, String> {
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        match self
+            .request_any(&format!("GET /modules/{hex}"), &[])
+            .await?
+        {
+            (_, 200, _) => Ok(true),
+            (_, 404, _) => Ok(false),
+            (_, status, _) => Err(format!("{} answered {status} about a module", self.addr)),
+        }
     }
 
     /// `GET /healthz`: the round trip and what the node says of itself.

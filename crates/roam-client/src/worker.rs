@@ -110,6 +110,22 @@ pub struct Reply {
     pub payload: Vec<u8>,
 }
 
+/// How an offload sends the worker's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MoveMode {
+    /// In rounds while the worker keeps running here, as [`WorkerOptions::precopy_rounds`]
+    /// and [`WorkerOptions::downtime_target`] allow; the worker pauses for the last one.
+    /// Pays when each round is smaller than the one before: a worker that rewrites little
+    /// of its memory between messages.
+    #[default]
+    PreCopy,
+    /// Once, with the worker paused from the start. The shorter move when the worker
+    /// rewrites its state faster than the link carries it (every round would be as large
+    /// as the first, and the last one pauses the worker anyway), or when this device
+    /// cannot keep up with the messages and is better relieved of them at once.
+    StopAndCopy,
+}
+
 /// Settings of a worker handle.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -222,7 +238,22 @@ pub struct WorkerHandle {
     transfers: Vec<Transfer>,
     /// When the recovery point was last renewed (or the worker last arrived on a node).
     recovery_at: Instant,
+    /// The last scan of the worker's memory here: when, and a hash of each piece.
+    scanned: Option<(Instant, Vec<u64>)>,
 }
+
+/// What a scan of the worker's memory found (see [`WorkerHandle::scan_local_state`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct StateScan {
+    /// Bytes of memory that are not zero, counted in 4 KiB pages.
+    pub nonzero: u64,
+    /// Bytes of the pieces that changed since the previous scan (memory that grew
+    /// included), and the time between the two scans; `None` on a first scan.
+    pub changed: Option<(u64, Duration)>,
+}
+
+/// The pieces a scan hashes to find what changed.
+const SCAN_PIECE: usize = 64 << 10;
 
 /// Observations kept when nobody takes them.
 const MAX_OBSERVATIONS: usize = 4096;
@@ -289,6 +320,8 @@ struct PendingOffload {
     paused: bool,
     /// The last manifest sent.
     manifest: Option<Manifest>,
+    /// Most rounds after the first.
+    max_rounds: u32,
 }
 
 /// A round of an offload: a newer manifest and the bodies of its new chunks; the last one
@@ -384,6 +417,7 @@ impl WorkerHandle {
             checkpoint_ready: None,
             transfers: Vec::new(),
             recovery_at: Instant::now(),
+            scanned: None,
         })
     }
 
@@ -626,6 +660,11 @@ impl WorkerHandle {
         }
     }
 
+    /// The sha-256 of the worker's module (as prepared).
+    pub(crate) fn module_hash(&self) -> [u8; 32] {
+        *self.module.hash()
+    }
+
     /// The size of the worker's module (as prepared).
     pub(crate) fn module_bytes(&self) -> u64 {
         self.module.bytes().len() as u64
@@ -636,18 +675,34 @@ impl WorkerHandle {
         std::mem::take(&mut self.transfers)
     }
 
-    /// Bytes of the worker's memory that are not zero, counted in 4 KiB pages, when it
-    /// runs here: what its state weighs before compression.
-    pub(crate) fn local_state_bytes(&self) -> Option<u64> {
+    /// When the worker runs here, scans its memory: the bytes that are not zero (what its
+    /// state weighs before compression) and, against the previous scan, how much of it
+    /// changed meanwhile (how fast the worker rewrites its state). Costs one pass over the
+    /// memory: a hash of every 64 KiB piece.
+    pub(crate) fn scan_local_state(&mut self) -> Option<StateScan> {
         let Placement::Local(worker) = &self.placement else {
+            self.scanned = None;
             return None;
         };
-        let pages = worker
-            .memory()
+        let memory = worker.memory();
+        let nonzero = memory
             .chunks(4096)
             .filter(|page| page.iter().any(|b| *b != 0))
-            .count();
-        Some(pages as u64 * 4096)
+            .count() as u64
+            * 4096;
+        let hashes: Vec<u64> = memory
+            .chunks(SCAN_PIECE)
+            .map(xxhash_rust::xxh3::xxh3_64)
+            .collect();
+        let now = Instant::now();
+        let changed = self.scanned.as_ref().map(|(at, before)| {
+            // Memory that grew since counts as written.
+            let pieces = before.iter().zip(&hashes).filter(|(a, b)| a != b).count()
+                + hashes.len().saturating_sub(before.len());
+            ((pieces * SCAN_PIECE) as u64, now.duration_since(*at))
+        });
+        self.scanned = Some((now, hashes));
+        Some(StateScan { nonzero, changed })
     }
 
     /// The node holding the worker is gone: restore the recovery point locally and handle
@@ -854,6 +909,12 @@ impl WorkerHandle {
     /// [`take_move_result`](Self::take_move_result). Every other move completes before
     /// this returns, and its outcome waits there too.
     pub async fn begin_move(&mut self, to: Place) -> Result<(), ClientError> {
+        self.begin_move_with(to, MoveMode::PreCopy).await
+    }
+
+    /// As [`begin_move`](Self::begin_move), with an offload's state sent as `mode` says.
+    /// (A handoff and a return are sent by the node, which paces its own rounds.)
+    pub async fn begin_move_with(&mut self, to: Place, mode: MoveMode) -> Result<(), ClientError> {
         if self.moving() {
             return Err(ClientError::Usage(
                 "a move is under way: finish it before starting another".into(),
@@ -864,7 +925,13 @@ impl WorkerHandle {
                 self.begin_handoff(url).await
             }
             (Placement::Remote(_), Place::Local) => self.begin_return().await,
-            (Placement::Local(_), Place::Node(url)) => self.begin_offload(url),
+            (Placement::Local(_), Place::Node(url)) => {
+                let rounds = match mode {
+                    MoveMode::PreCopy => self.options.precopy_rounds,
+                    MoveMode::StopAndCopy => 0,
+                };
+                self.begin_offload(url, rounds)
+            }
             _ => {
                 let result = self.move_to(to).await;
                 self.finished = match result {
@@ -980,7 +1047,7 @@ impl WorkerHandle {
     /// Local → node: the state goes out in pre-copy rounds (module only if the node lacks
     /// it); returns the bytes through the client and the messages replayed at the node.
     async fn offload(&mut self, url: &str) -> Result<(u64, u64), ClientError> {
-        self.begin_offload(url)?;
+        self.begin_offload(url, self.options.precopy_rounds)?;
         while self.offloading.is_some() {
             self.pump().await?;
         }
@@ -992,8 +1059,9 @@ impl WorkerHandle {
     }
 
     /// Captures the whole worker (round 0) and starts the task that sends it to `url`;
-    /// the worker goes on handling messages here.
-    fn begin_offload(&mut self, url: &str) -> Result<(), ClientError> {
+    /// the worker goes on handling messages here, unless `max_rounds` (the most rounds
+    /// after the first) is 0: then it is paused from the start.
+    fn begin_offload(&mut self, url: &str, max_rounds: u32) -> Result<(), ClientError> {
         let Placement::Local(worker) = &mut self.placement else {
             unreachable!("offload starts local");
         };
@@ -1002,8 +1070,9 @@ impl WorkerHandle {
             .map_err(|e| ClientError::Local(e.to_string()))?;
         let (rounds, rounds_rx) = tokio::sync::mpsc::unbounded_channel();
         let (delivered_tx, delivered) = tokio::sync::mpsc::unbounded_channel();
-        let last = self.options.precopy_rounds == 0;
+        let last = max_rounds == 0;
         let previous = first.bodies.iter().map(|b| b.encoded_len() as u64).sum();
+        tracing::debug!(round = 0, bytes = previous, "offload round");
         let manifest = first.manifest.clone();
         let task = tokio::spawn(send_rounds(
             url.to_string(),
@@ -1029,6 +1098,7 @@ impl WorkerHandle {
             awaiting: true,
             paused: last,
             manifest: Some(manifest),
+            max_rounds,
         });
         Ok(())
     }
@@ -1072,7 +1142,7 @@ impl WorkerHandle {
             let estimate = Duration::from_secs_f64(bytes as f64 / bandwidth.max(1.0));
             let last = estimate <= self.options.downtime_target
                 || bytes >= offload.previous - offload.previous / 10
-                || offload.sent > self.options.precopy_rounds;
+                || offload.sent > offload.max_rounds;
             tracing::debug!(
                 round = offload.sent,
                 bytes,

@@ -46,6 +46,12 @@ impl ModuleCache {
         self.get(hash).is_some()
     }
 
+    /// Whether the cache has a file for the module (not read: a damaged one is found, and
+    /// replaced, when the module is used).
+    pub(crate) fn holds(&self, hash: &ModuleHash) -> bool {
+        self.path(hash).is_file()
+    }
+
     /// Stores bytes already checked to hash to `hash`. Written to a temporary file and
     /// renamed, so a crash never leaves a half-written module under a valid name.
     pub(crate) fn put(&self, hash: &ModuleHash, bytes: &[u8]) -> io::Result<()> {

@@ -44,19 +44,23 @@ pub(crate) struct Hosted {
     pub module: Arc<WorkerModule>,
     commands: std_mpsc::Sender<Command>,
     sink: Arc<Mutex<Option<Sink>>>,
-    flow: Mutex<Flow>,
+    flow: Arc<Mutex<Flow>>,
 }
 
 /// Which messages the worker took, and whether it is leaving.
 struct Flow {
     /// The last sequence number handed to the worker's thread.
     accepted: u64,
+    /// The last message the worker's thread handled.
+    handled: u64,
     /// A move is capturing or sending the worker: Posts wait in `held`.
     moving: bool,
     /// A pre-copy runs: the worker still takes messages, but no other move may start.
     precopying: bool,
     /// Posts taken during a move: delivered if the move fails, dropped if it succeeds
-    /// (the client replays them at the destination).
+    /// (the client replays them at the destination). In order of sequence number: it
+    /// also takes the messages the worker's thread had queued and not yet begun when the
+    /// move paused it, so that the capture need not wait for a backlog.
     held: Vec<(u64, Vec<u8>)>,
 }
 
@@ -225,21 +229,33 @@ impl Hosting {
         let accepted = restored.last_seq();
         let thread_sink = sink.clone();
         let metrics = self.metrics.clone();
+        let flow = Arc::new(Mutex::new(Flow {
+            accepted,
+            handled: accepted,
+            moving: false,
+            precopying: false,
+            held: Vec::new(),
+        }));
+        let thread_flow = flow.clone();
         std::thread::Builder::new()
             .name(format!("roam-worker-{:08x}", worker as u32))
-            .spawn(move || run_worker(worker, restored, receiver, thread_sink, metrics))
+            .spawn(move || {
+                run_worker(
+                    worker,
+                    restored,
+                    receiver,
+                    thread_sink,
+                    thread_flow,
+                    metrics,
+                )
+            })
             .map_err(|e| AdoptError::Thread(e.to_string()))?;
         let hosted = Arc::new(Hosted {
             owner,
             module,
             commands,
             sink,
-            flow: Mutex::new(Flow {
-                accepted,
-                moving: false,
-                precopying: false,
-                held: Vec::new(),
-            }),
+            flow,
         });
         workers.insert(worker, hosted);
         self.metrics.set_workers(workers.len());
@@ -391,6 +407,12 @@ impl Hosting {
         }
     }
 
+    /// Messages the worker took and has not handled yet: a backlog when it cannot keep up.
+    pub(crate) fn backlog(hosted: &Hosted) -> u64 {
+        let flow = hosted.flow.lock().expect("worker flow");
+        flow.accepted.saturating_sub(flow.handled)
+    }
+
     /// Ends a move: if the state was adopted elsewhere the worker is dropped (and the
     /// messages held during the move with it: the client replays them there); otherwise it
     /// resumes with the held messages.
@@ -436,6 +458,7 @@ fn run_worker(
     mut worker: Worker,
     commands: std_mpsc::Receiver<Command>,
     sink: Arc<Mutex<Option<Sink>>>,
+    flow: Arc<Mutex<Flow>>,
     metrics: Arc<Metrics>,
 ) {
     let span = tracing::info_span!("worker", worker = %format!("{id:032x}"));
@@ -443,6 +466,16 @@ fn run_worker(
     while let Ok(command) = commands.recv() {
         match command {
             Command::Deliver { seq, payload } => {
+                {
+                    let mut flow = flow.lock().expect("worker flow");
+                    if flow.moving {
+                        // Paused for a move: a message queued before the pause waits with
+                        // those posted since, and the capture behind it comes now.
+                        let at = flow.held.partition_point(|(s, _)| *s < seq);
+                        flow.held.insert(at, (seq, payload));
+                        continue;
+                    }
+                }
                 let started = Instant::now();
                 let frames = match worker.deliver(&payload) {
                     Ok(replies) => {
@@ -472,6 +505,7 @@ fn run_worker(
                     }
                 };
                 metrics.observe_message(started.elapsed());
+                flow.lock().expect("worker flow").handled = seq;
                 let sink = sink.lock().expect("worker sink").clone();
                 if let Some(sink) = sink {
                     for frame in frames {

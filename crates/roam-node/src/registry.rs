@@ -83,7 +83,7 @@ fn registration(node: &Node) -> NodeRegistration {
         url: node.config.public_url.clone(),
         role: node.config.role,
         cores: cores.min(u16::MAX as usize) as u16,
-        speed: node.speed,
+        speed: node.speed(),
         free_memory: free_memory(),
         workers: node.hosting.count() as u32,
         location: node.config.location.clone(),

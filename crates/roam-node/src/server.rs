@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::Router;
-use roam_proto::NodeRole;
+use roam_proto::{ModuleHash, NodeRole};
 use roam_runtime::{Runtime, RuntimeConfig, RuntimeError};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -58,9 +58,40 @@ pub(crate) struct Node {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub shutdown: watch::Receiver<bool>,
-    /// How fast this node runs wasm relative to the reference core (its calibration).
-    pub speed: f32,
+    /// How fast this node runs wasm relative to the reference core (its calibration), as
+    /// `f32` bits: measured again every [`RECALIBRATE_EVERY`] unless set by hand, so a
+    /// node that gets crowded reports it.
+    speed: std::sync::atomic::AtomicU32,
     connections: Arc<Semaphore>,
+}
+
+/// How often a node that calibrated itself measures its speed again (one run of the loop,
+/// about 34 ms of one core on the reference machine).
+const RECALIBRATE_EVERY: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// How fast this node runs wasm relative to the reference core, as last measured.
+    pub fn speed(&self) -> f32 {
+        f32::from_bits(self.speed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// Measures the node's speed again every [`RECALIBRATE_EVERY`] until it stops.
+async fn recalibrate(node: Arc<Node>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = until_stopped(&mut stopping) => return,
+            () = tokio::time::sleep(RECALIBRATE_EVERY) => {}
+        }
+        if let Ok(Ok(calibration)) =
+            tokio::task::spawn_blocking(|| roam_runtime::calibrate(1)).await
+        {
+            let speed = calibration.speed as f32;
+            tracing::debug!(speed, "calibrated again");
+            node.speed
+                .store(speed.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -139,6 +170,7 @@ pub async fn run(
         }
     }
 
+    let measured = config.speed.is_none();
     let speed = match config.speed {
         Some(speed) => speed,
         None => match tokio::task::spawn_blocking(|| roam_runtime::calibrate(3)).await {
@@ -163,7 +195,7 @@ pub async fn run(
 
     let (stop, stopping) = watch::channel(false);
     let node = Arc::new(Node {
-        speed,
+        speed: std::sync::atomic::AtomicU32::new(speed.to_bits()),
         connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
         chunks: ChunkStore::new(config.chunk_store_bytes),
         config,
@@ -173,6 +205,9 @@ pub async fn run(
         registry: Registry::default(),
         shutdown: stopping.clone(),
     });
+    if measured {
+        tokio::spawn(recalibrate(node.clone(), stopping.clone()));
+    }
     if let (NodeRole::Edge, Some(cloud)) = (node.config.role, node.config.cloud.clone()) {
         tokio::spawn(crate::registry::keep_registered(
             node.clone(),
@@ -186,6 +221,7 @@ pub async fn run(
         .route("/", get(websocket))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/modules/{hash}", get(module_held))
         .route(
             "/probe",
             get(probe_down).post(probe_up).options(probe_preflight),
@@ -353,7 +389,7 @@ async fn healthz(State(app): State<App>) -> Response {
         "node_id": node.config.name,
         "url": node.config.public_url,
         "workers": node.hosting.count(),
-        "speed": node.speed,
+        "speed": node.speed(),
         "dev_mode": node.config.dev_mode(),
     });
     (
@@ -363,6 +399,40 @@ async fn healthz(State(app): State<App>) -> Response {
             TIMING_ANY_ORIGIN,
         ],
         body.to_string(),
+    )
+        .into_response()
+}
+
+/// `GET /modules/<sha-256 hex>`: whether this node holds the module (then a worker of it
+/// moves here without its module, and without compiling it). 200 or 404; 400 for a name
+/// that is not a module's hash.
+async fn module_held(
+    State(app): State<App>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let mut hash: ModuleHash = [0; 32];
+    if hex::decode_to_slice(&name, &mut hash).is_err() {
+        return (
+            StatusCode::BAD_REQUEST,
+            [ANY_ORIGIN],
+            "a module is named by the 64 hex digits of its sha-256\n",
+        )
+            .into_response();
+    }
+    let held = app.node.cache.holds(&hash);
+    let status = if held {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            ANY_ORIGIN,
+            TIMING_ANY_ORIGIN,
+        ],
+        serde_json::json!({ "held": held }).to_string(),
     )
         .into_response()
 }

@@ -14,7 +14,8 @@ pub enum Direction {
 /// An exponentially weighted mean and variance.
 ///
 /// Each sample moves the mean by `alpha` of its distance from it; the variance is the
-/// exponentially weighted variance of the same samples. The first sample sets the mean.
+/// exponentially weighted variance of the same samples. Until there are `1 / alpha`
+/// samples, each weighs as much as the ones before (the plain mean).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Ewma {
     alpha: f64,
@@ -48,10 +49,13 @@ impl Ewma {
             self.mean = x;
             self.variance = 0.0;
         } else {
+            // The plain mean until there are enough samples for the weight to apply, so
+            // the first sample does not linger.
+            let alpha = self.alpha.max(1.0 / (self.samples + 1) as f64);
             let diff = x - self.mean;
-            let step = self.alpha * diff;
+            let step = alpha * diff;
             self.mean += step;
-            self.variance = (1.0 - self.alpha) * (self.variance + diff * step);
+            self.variance = (1.0 - alpha) * (self.variance + diff * step);
         }
         self.samples += 1;
     }

@@ -39,6 +39,9 @@ pub struct Candidate {
     /// How many times faster than the device it runs a handler, before any run there was
     /// seen (from the node's calibration and the device's).
     pub speed: f64,
+    /// The node is known to hold the worker's module: a move there sends no module and
+    /// compiles nothing (otherwise that is assumed for a node the worker never ran on).
+    pub holds_module: bool,
 }
 
 impl Candidate {
@@ -49,6 +52,7 @@ impl Candidate {
             kind: PlaceKind::Local,
             link: None,
             speed: 1.0,
+            holds_module: true,
         }
     }
 
@@ -68,7 +72,14 @@ impl Candidate {
             } else {
                 1.0
             },
+            holds_module: false,
         }
+    }
+
+    /// The same, known to hold the worker's module (or not).
+    pub fn with_module(mut self, held: bool) -> Candidate {
+        self.holds_module = held;
+        self
     }
 
     /// Whether the worker could run there now.
@@ -89,16 +100,32 @@ struct AtNode {
 /// Handler times are taken as at least this (a message that crosses a link is never free).
 const MIN_HANDLER: f64 = 1e-4;
 
+/// The weight of one run in the handler's average time: about a hundred runs, because the
+/// work a message takes swings (a scene drops and settles) and a move made on the last
+/// few would be undone on the next few.
+const HANDLER_WEIGHT: f64 = 0.01;
+
+/// Runs seen on a node before the device's time is derived from them.
+const RUNS_FOR_RETURN: u64 = 40;
+
 /// What is known of one worker: how often it gets messages, how large they and its replies
 /// are, how long its handler runs here and at each node, and how large its state is.
 #[derive(Clone, Debug)]
 pub struct WorkerProfile {
     interval: Ewma,
     last_post: Option<f64>,
+    /// The time between the last two posts.
+    last_gap: Option<f64>,
     request: Ewma,
     reply: Ewma,
     local_handler: Ewma,
+    /// The share of the time between posts the handler ran here, over the last few runs:
+    /// near 1, this device cannot keep up (the application's messages wait before they
+    /// are even posted, where no interval shows it).
+    local_busy: Ewma,
     at_node: BTreeMap<String, AtNode>,
+    /// The node of the latest run seen, `None` when it ran here.
+    latest_node: Option<String>,
     state_bytes: u64,
     module_bytes: u64,
 }
@@ -108,10 +135,13 @@ impl Default for WorkerProfile {
         WorkerProfile {
             interval: Ewma::new(0.1),
             last_post: None,
+            last_gap: None,
             request: Ewma::new(0.2),
             reply: Ewma::new(0.2),
-            local_handler: Ewma::new(0.2),
+            local_handler: Ewma::new(HANDLER_WEIGHT),
+            local_busy: Ewma::new(0.2),
             at_node: BTreeMap::new(),
+            latest_node: None,
             state_bytes: 0,
             module_bytes: 0,
         }
@@ -121,19 +151,26 @@ impl Default for WorkerProfile {
 impl WorkerProfile {
     /// The application posted a message of `bytes` at `now`.
     pub fn on_post(&mut self, now: f64, bytes: u64) {
+        self.last_gap = None;
         if let Some(last) = self.last_post {
             if now >= last {
                 self.interval.add(now - last);
+                self.last_gap = Some(now - last);
             }
         }
         self.last_post = Some(now);
         self.request.add(bytes as f64);
     }
 
-    /// The handler ran here for `seconds` and replied `reply_bytes` in all.
+    /// The handler ran here for `seconds` (for the message posted last) and replied
+    /// `reply_bytes` in all.
     pub fn on_local_run(&mut self, seconds: f64, reply_bytes: u64) {
         self.local_handler.add(seconds.max(MIN_HANDLER));
+        if let Some(gap) = self.last_gap.filter(|g| *g > 0.0) {
+            self.local_busy.add((seconds / gap).min(2.0));
+        }
         self.reply.add(reply_bytes as f64);
+        self.latest_node = None;
     }
 
     /// A message to the node `id` was answered `response` seconds after it was posted,
@@ -159,10 +196,13 @@ impl WorkerProfile {
             .entry(id.to_string())
             .or_insert_with(|| AtNode {
                 response: Ewma::new(0.3),
-                handler: Ewma::new(0.2),
+                handler: Ewma::new(HANDLER_WEIGHT),
             });
         at.response.add(response);
         at.handler.add((response - network).max(MIN_HANDLER));
+        if self.latest_node.as_deref() != Some(id) {
+            self.latest_node = Some(id.to_string());
+        }
     }
 
     /// The worker's state is `bytes` large as it travels (compressed, zero chunks left out).
@@ -201,13 +241,26 @@ impl WorkerProfile {
         ((cv2(&self.interval) + cv2(&self.local_handler)) / 2.0).min(4.0)
     }
 
+    /// The share of the time between posts the handler ran here lately (while the worker
+    /// ran here).
+    pub fn local_busy(&self) -> Option<f64> {
+        self.local_busy.mean()
+    }
+
+    /// Whether the latest run seen was here.
+    pub fn runs_here(&self) -> bool {
+        self.latest_node.is_none()
+    }
+
     /// Seconds since the last post, at `now`.
     pub fn idle_for(&self, now: f64) -> Option<f64> {
         self.last_post.map(|last| (now - last).max(0.0))
     }
 
     /// The handler's time here, measured or (when it never ran here) derived from a node's
-    /// time and speed.
+    /// time and speed (`speeds(id)`: how many times faster than this device). What other
+    /// nodes are predicted from: a node that slows down (crowded) does not make the work
+    /// look larger.
     pub fn local_handler(&self, speeds: &dyn Fn(&str) -> f64) -> Option<f64> {
         self.local_handler.mean().or_else(|| {
             self.at_node
@@ -215,6 +268,27 @@ impl WorkerProfile {
                 .filter_map(|(id, at)| Some(at.handler.mean()? * speeds(id)))
                 .next()
         })
+    }
+
+    /// The handler's time here if the worker came back now: while it runs on a node,
+    /// derived from that node's time and speed, because the work a message takes changes
+    /// as the worker goes on (a scene fills, a document grows) and the time measured here
+    /// before it left grows stale. (A node that slowed down makes coming back look worse
+    /// than it is; other nodes are predicted from [`WorkerProfile::local_handler`].)
+    ///
+    /// The node's time is taken one standard deviation above its mean: a worker whose work
+    /// swings (a scene drops and settles) comes back only if this slower device would keep
+    /// up with its heavier stretches too, which a mean over a light one hides.
+    pub fn local_handler_now(&self, speeds: &dyn Fn(&str) -> f64) -> Option<f64> {
+        let derived = self.latest_node.as_deref().and_then(|id| {
+            let handler = &self.at_node.get(id)?.handler;
+            // A few runs just after a move say little of the work.
+            if handler.samples() < RUNS_FOR_RETURN {
+                return None;
+            }
+            Some((handler.mean()? + handler.std_dev()) * speeds(id))
+        });
+        derived.or_else(|| self.local_handler(speeds))
     }
 
     /// The handler's time seen at node `id`, with how many samples.
@@ -291,6 +365,14 @@ mod tests {
         // Never ran here: the local time follows from the node's speed.
         assert!((profile.local_handler(&|_| 4.0).unwrap() - 0.080).abs() < 1e-9);
         profile.on_local_run(0.070, 45_000);
+        assert_eq!(profile.local_handler(&|_| 4.0), Some(0.070));
+        // Back on the node, whose runs now take longer: coming back is predicted from
+        // them (once there are enough), other nodes still from the time measured here.
+        for _ in 0..40 {
+            profile.on_node_reply("ws://a", 0.070, 12_500, 45_000, &link);
+        }
+        let now = profile.local_handler_now(&|_| 4.0).unwrap();
+        assert!(now > 0.100, "{now}");
         assert_eq!(profile.local_handler(&|_| 4.0), Some(0.070));
     }
 

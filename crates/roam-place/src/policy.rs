@@ -16,6 +16,11 @@ use crate::model::{queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, 
 /// second).
 const COMPILE_BYTES_PER_SECOND: f64 = 2.0e6;
 
+/// The share of the time between posts the handler must run here for the device to be
+/// taken as not keeping up, and the overload then assumed.
+const SATURATED_BUSY: f64 = 0.95;
+const SATURATION_OVERLOAD: f64 = 0.1;
+
 /// What an application requires of placement; always honoured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Requirements {
@@ -206,6 +211,16 @@ impl Planner {
         }
     }
 
+    /// A move ended at `now` with the worker at `place`: the dwell time counts from here
+    /// (a move can take longer than the dwell time itself).
+    pub fn arrived(&mut self, now: f64, place: &str) {
+        self.current = place.to_string();
+        self.last_move_at = Some(now);
+        if place != LOCAL {
+            self.visited.insert(place.to_string());
+        }
+    }
+
     /// The prediction for `candidate` with the worker at `current` (`None` when the
     /// current place is not among the candidates or cannot be reached), or `None` when
     /// nothing is known yet of the handler's time.
@@ -223,9 +238,13 @@ impl Planner {
         };
         let local = self.profile.local_handler(&speed_of);
         let handler = match candidate.kind {
-            PlaceKind::Local => local?,
+            PlaceKind::Local => self.profile.local_handler_now(&speed_of)?,
             _ => match self.profile.node_handler(&candidate.id) {
-                Some((h, n)) if n >= self.settings.min_samples => h,
+                // Seen there, but the node may have slowed down since (crowded: it says
+                // so in its speed); where it runs now, its response time tells.
+                Some((h, n)) if n >= self.settings.min_samples => {
+                    h.max(local.map_or(0.0, |l| l / candidate.speed))
+                }
                 _ => local? / candidate.speed,
             },
         };
@@ -240,7 +259,19 @@ impl Planner {
             None => (0.0, 0.0, 0.0),
         };
         let service = handler.max(up).max(down);
-        let utilisation = self.profile.interval().map_or(0.0, |i| service / i);
+        let mut utilisation = self.profile.interval().map_or(0.0, |i| service / i);
+        if candidate.kind == PlaceKind::Local && self.profile.runs_here() {
+            // A device that cannot keep up holds the application's messages back, and the
+            // time between posts shrinks to the handler's: what shows it is the share of
+            // the time it runs the handler.
+            // How much the application holds back cannot be seen: a device busy nearly all
+            // the time is taken as overloaded by a tenth, whose backlog over the horizon
+            // is about a second.
+            let busy = self.profile.local_busy().unwrap_or(0.0);
+            if busy >= SATURATED_BUSY {
+                utilisation = utilisation.max(busy + SATURATION_OVERLOAD);
+            }
+        }
         let mut latency = network
             + handler
             + queue_wait(
@@ -280,12 +311,13 @@ impl Planner {
     fn stall(&self, to: &Candidate, current: Option<&Candidate>) -> (f64, f64) {
         let state = self.profile.state_bytes() as f64;
         // A node the worker never ran on may lack its module: it travels, and compiles.
-        let (module, compile) = if to.kind != PlaceKind::Local && !self.visited.contains(&to.id) {
-            let bytes = self.profile.module_bytes() as f64;
-            (bytes, bytes / COMPILE_BYTES_PER_SECOND)
-        } else {
-            (0.0, 0.0)
-        };
+        let (module, compile) =
+            if to.kind != PlaceKind::Local && !to.holds_module && !self.visited.contains(&to.id) {
+                let bytes = self.profile.module_bytes() as f64;
+                (bytes, bytes / COMPILE_BYTES_PER_SECOND)
+            } else {
+                (0.0, 0.0)
+            };
         let from_link = current.map(|c| c.link.as_ref());
         match (from_link, &to.link) {
             // From the device, or from a place that is gone (the client has it back).
@@ -318,7 +350,7 @@ impl Planner {
     /// which depends on how fast the worker dirties its state where it runs).
     pub fn on_move_observed(&mut self, kind: MoveKind, modelled: f64, observed: f64) {
         if modelled > 1e-3 && observed.is_finite() && observed >= 0.0 {
-            let factor = (observed / modelled).clamp(0.02, 5.0);
+            let factor = (observed / modelled).clamp(0.1, 3.0);
             self.stall_factor[kind as usize].add(factor);
         }
     }
@@ -423,10 +455,19 @@ impl Planner {
                     self.settings.horizon
                 ),
             ),
-            None => stay(format!(
-                "{} a message here; no move pays",
-                ms(here.latency)
-            )),
+            None => {
+                let others: Vec<String> = predictions
+                    .iter()
+                    .filter(|p| p.id != here.id)
+                    .map(|p| format!("{} {} (a {} pause)", p.id, ms(p.latency), ms(p.stall)))
+                    .collect();
+                stay(format!(
+                    "{} a message here; no move pays{}{}",
+                    ms(here.latency),
+                    if others.is_empty() { "" } else { ": " },
+                    others.join(", ")
+                ))
+            }
         }
     }
 
@@ -642,6 +683,54 @@ mod tests {
         }
         let d = planner.decide(14.0, &[Candidate::local(), edge(0.010), cloud()]);
         assert_eq!(d.target(), Some(CLOUD), "{d:?}");
+    }
+
+    #[test]
+    fn a_device_that_cannot_keep_up_is_seen_as_saturated() {
+        let mut planner = Planner::new(PlannerSettings::default(), Requirements::default());
+        // The application posts as soon as the last post returns: every 40 ms, the
+        // handler's own time. Its messages wait before they are posted.
+        for i in 0..60 {
+            planner.profile_mut().on_post(i as f64 * 0.040, 64);
+            planner.profile_mut().on_local_run(0.039, 28_000);
+        }
+        planner.profile_mut().set_state_bytes(1 << 20);
+        let d = planner.decide(2.4, &[Candidate::local(), edge(0.010)]);
+        let local = &d.predictions()[0];
+        assert!(local.utilisation > 0.95, "{local:?}");
+        assert!(local.latency > 1.0, "{local:?}");
+        assert_eq!(d.target(), Some(EDGE), "{d:?}");
+    }
+
+    #[test]
+    fn work_that_grew_on_a_node_is_not_brought_back_to_the_device() {
+        let mut planner = Planner::new(PlannerSettings::default(), Requirements::default());
+        // Cheap messages here at first (10 ms every 100 ms)...
+        for i in 0..50 {
+            planner.profile_mut().on_post(i as f64 * 0.1, 64);
+            planner.profile_mut().on_local_run(0.010, 28_000);
+        }
+        planner.profile_mut().set_state_bytes(1 << 20);
+        planner.moved(5.0, EDGE);
+        // ...then, on the edge (4× this device), 24 ms each: 96 ms here, nearly all the
+        // time between messages. The edge's link fades to 60 ms.
+        let faded = Candidate::node(
+            EDGE,
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.060, 1.25e6, 4.5e6)),
+            4.0,
+        );
+        let link = LinkEstimate::known(0.060, 1.25e6, 4.5e6);
+        for i in 50..150 {
+            planner.profile_mut().on_post(i as f64 * 0.1, 64);
+            planner
+                .profile_mut()
+                .on_node_reply(EDGE, 0.060 + 0.024 + 0.007, 64, 28_000, &link);
+        }
+        let d = planner.decide(20.0, &[Candidate::local(), faded]);
+        let local = &d.predictions()[0];
+        assert!(local.handler > 0.090, "{local:?}");
+        assert_eq!(d.target(), None, "{d:?}");
     }
 
     #[test]

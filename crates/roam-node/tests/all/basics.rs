@@ -167,3 +167,23 @@ async fn posts_in_flight_are_answered_in_order() {
         assert_eq!(client.replies_of(4, seq).await, twin.deliver(&message(seq)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_says_whether_it_holds_a_module() {
+    let node = TestNode::start(NodeRole::Edge).await;
+    let mut local = LocalWorker::counter(3, 0);
+    let name = hex::encode(local.module.hash());
+    let (status, body) = node.get(&format!("/modules/{name}")).await;
+    assert_eq!((status, body.as_str()), (404, r#"{"held":false}"#));
+
+    let mut client = Client::hello(&node.url).await;
+    client.offload(&mut local).await;
+    let (status, body) = node.get(&format!("/modules/{name}")).await;
+    assert_eq!((status, body.as_str()), (200, r#"{"held":true}"#));
+
+    for bad in ["xyz", "00", &"g".repeat(64)] {
+        let (status, body) = node.get(&format!("/modules/{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("sha-256"), "{body}");
+    }
+}
