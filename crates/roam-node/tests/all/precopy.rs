@@ -143,6 +143,69 @@ async fn a_busy_worker_keeps_handling_messages_while_pre_copy_moves_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_backlog_leaves_without_working_it_off_first() {
+    let a = TestNode::start(NodeRole::Edge).await;
+    let b = TestNode::start(NodeRole::Edge).await;
+    let (mut at_a, local, mut twin) = busy_worker_on(&a, 41).await;
+    // Messages that each rewrite all 16 MiB, posted without waiting: a backlog of
+    // several hundred milliseconds of work when the handoff is asked for.
+    const QUEUED: u64 = 40;
+    for seq in 2..2 + QUEUED {
+        at_a.send(&Frame::Post {
+            worker: 41,
+            seq,
+            payload: filler(PAGES, 100, seq as u32),
+        })
+        .await;
+    }
+    at_a.send(&Frame::MoveOut {
+        worker: 41,
+        destination: b.url.clone(),
+    })
+    .await;
+    let mut handled = 0;
+    let last_seq = loop {
+        match at_a.recv().await {
+            Frame::Reply { .. } => {}
+            Frame::Handled { .. } => handled += 1,
+            Frame::Moved { last_seq, .. } => break last_seq,
+            other => panic!("expected replies or Moved, got {other:?}"),
+        }
+    };
+    assert_eq!(last_seq, 1 + handled);
+    assert!(
+        last_seq < 1 + QUEUED,
+        "the source worked off its whole backlog before the move"
+    );
+    // The messages the source did not begin are replayed at the destination: the worker
+    // ends exactly as one that never moved.
+    let (mut at_b, attached) = attach(&b.url, 41, local.secret).await;
+    assert_eq!(attached, last_seq);
+    for seq in 2..2 + QUEUED {
+        let payload = filler(PAGES, 100, seq as u32);
+        twin.deliver(&payload);
+        if seq > last_seq {
+            at_b.post(41, seq, &payload).await;
+        }
+    }
+    let state = at_b.take_back(41).await;
+    assert_eq!(state.manifest.last_seq, 1 + QUEUED);
+    let mut back = LocalWorker::start(&wat::parse_str(FILLER).unwrap(), 41, 0);
+    back.restore(&state);
+    assert!(
+        back.worker.memory() == twin.worker.memory(),
+        "the moved worker's memory differs from a worker that never moved"
+    );
+    // Sent in one paused round: no live rounds.
+    let (_, metrics) = a.get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "roam_precopy_rounds_total"),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_coming_back_sends_only_the_chunks_that_changed() {
     let a = TestNode::start(NodeRole::Edge).await;
     let b = TestNode::start(NodeRole::Edge).await;
