@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use roam_client::WorkerOptions;
 use roam_runtime::RuntimeConfig;
 use serde::Serialize;
@@ -352,7 +352,16 @@ pub fn paper(
     } else {
         options.runs.max(1)
     };
-    let apps = apps(workers, options.quick)?;
+    let mut apps = apps(workers, options.quick)?;
+    // ROAM_PAPER_APPS=blur,physics: only those applications' moves (a quicker look at one).
+    if let Ok(only) = std::env::var("ROAM_PAPER_APPS") {
+        let names: Vec<&str> = only.split(',').map(str::trim).collect();
+        apps.retain(|app| names.contains(&app.name));
+        ensure!(
+            !apps.is_empty(),
+            "ROAM_PAPER_APPS={only} names no application (physics, facedetect, blur)"
+        );
+    }
     let cache = tempfile::tempdir()?;
     let client_runtime = RuntimeConfig {
         cache_dir: Some(cache.path().to_path_buf()),

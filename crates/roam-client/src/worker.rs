@@ -93,6 +93,9 @@ pub struct MoveReport {
     /// Where it is now.
     pub to: String,
     /// From the request to the worker running at the destination with all of its state.
+    /// Resending the messages the source did not handle comes after and is not counted:
+    /// those are the application's messages, which reach the worker in the replies'
+    /// latency (the gaps the application sees).
     pub duration: Duration,
     /// Frame bytes the client sent and received for the move (state that moves node to
     /// node does not pass through the client and is not counted here).
@@ -124,6 +127,12 @@ pub enum MoveMode {
     /// as the first, and the last one pauses the worker anyway), or when this device
     /// cannot keep up with the messages and is better relieved of them at once.
     StopAndCopy,
+    /// Once, with the worker running on here; the node then catches up by handling the
+    /// messages handled here since, and the handle switches over once it has (see
+    /// `docs/protocol.md`, "Catching up instead of pausing"). The worker never pauses;
+    /// each message handled meanwhile crosses the link a second time, so this pays for a
+    /// worker that rewrites its state fast and takes light messages.
+    CatchUp,
 }
 
 /// Settings of a worker handle.
@@ -200,6 +209,9 @@ pub struct WorkerHandle {
     in_flight: usize,
     /// Highest sequence number sent on the current connection (or known handled there).
     sent_through: u64,
+    /// When a move's destination last took the worker with all of its state, before the
+    /// replay there: where [`MoveReport::duration`] ends.
+    resumed_at: Option<Instant>,
     /// Highest sequence number whose replies have all been delivered.
     delivered: u64,
     /// Replies already delivered of the message after `delivered` (its Handled not seen).
@@ -215,6 +227,11 @@ pub struct WorkerHandle {
     /// An offload under way: the worker keeps running here while its state goes out in
     /// pre-copy rounds.
     offloading: Option<PendingOffload>,
+    /// An offload whose node is catching up with the worker running here.
+    catching_up: Option<CatchingUp>,
+    /// While an offload may end by catching up, the messages after this one stay in the
+    /// log when handled here: the node handles them too.
+    log_kept_after: Option<u64>,
     /// The outcome of the last move that ran in the background, until taken.
     finished: Option<Result<MoveReport, ClientError>>,
     /// When each message still in the log was posted, and its size.
@@ -257,6 +274,14 @@ const SCAN_PIECE: usize = 64 << 10;
 
 /// Observations kept when nobody takes them.
 const MAX_OBSERVATIONS: usize = 4096;
+
+/// Bytes from which a message posted while the worker leaves its node (a handoff or a
+/// return) waits for the destination instead of going to the node. On a device's uplink
+/// (10 Mbit/s) such a message takes 0.4 s or more to upload, longer than the pause of a
+/// warm move: it would most likely reach the source after the source stopped taking
+/// messages, and then cross the uplink a second time to the destination (a return
+/// handles it here without any upload).
+const WAITS_FOR_DESTINATION: usize = 512 << 10;
 
 /// Bytes of state that crossed the link to a node, timed: the traffic a placement policy
 /// measures bandwidth from without probing.
@@ -322,7 +347,59 @@ struct PendingOffload {
     manifest: Option<Manifest>,
     /// Most rounds after the first.
     max_rounds: u32,
+    /// The last round went out without pausing the worker, with its state as of this
+    /// message: the worker runs on here, and the node catches up by handling the messages
+    /// since (see [`CatchingUp`]).
+    catch_up: Option<u64>,
 }
+
+/// An offload whose node adopted the worker's state as of an earlier message while the
+/// worker went on running here: the node now handles every message handled here since,
+/// and every new one, until it has caught up; then the handle switches over to it.
+///
+/// The worker is deterministic, so the node's copy reaches the same state by handling
+/// the same messages (as a recovery does); its replies repeat ones already delivered and
+/// are dropped. Nothing pauses the worker: the move's stall is the node's lag at the
+/// switch, which is none when the node is faster than the device.
+struct CatchingUp {
+    to: String,
+    started: Instant,
+    conn: Connection,
+    /// The state the node adopted: the recovery point once switched.
+    snapshot: Snapshot,
+    /// Highest message sent to the node.
+    sent_through: u64,
+    /// Highest message the node has handled.
+    node_handled: u64,
+    /// When the node adopted the state.
+    since: Instant,
+    /// Messages sent to the node to catch up.
+    resent: u64,
+    /// Frame bytes through the connection when the node adopted the state.
+    bytes: u64,
+    /// The smallest lag seen (messages handled here and not yet there), and when.
+    least_lag: (u64, Instant),
+}
+
+/// The longest the node may take to catch up before the handle switches over anyway
+/// (the messages it has not handled yet then wait for it).
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long the node may go without gaining on the device before the handle switches
+/// over: a device that handles messages as fast as the node (or faster, or an application
+/// that posts faster than either) is never caught up, and waiting only adds to the lag.
+const CATCH_UP_STALLED: Duration = Duration::from_millis(250);
+
+/// Messages the worker handles here past the state sent in the last round; later ones
+/// wait for the node, as in a pause. Each one handled here is handled again by the node,
+/// and an application that posts as fast as the device answers would otherwise leave the
+/// node ever further behind.
+const CATCH_UP_MAX_AHEAD: u64 = 64;
+
+/// Messages the node may still have to handle when the handle switches over to it. The
+/// node's replies take a round trip to come back, so a node exactly as fast as the device
+/// never shows itself level; a few messages behind it is caught up.
+const CATCH_UP_LAG: u64 = 4;
 
 /// A round of an offload: a newer manifest and the bodies of its new chunks; the last one
 /// ends the transfer.
@@ -401,6 +478,9 @@ impl WorkerHandle {
             log: VecDeque::new(),
             in_flight: 0,
             sent_through: 0,
+            resumed_at: None,
+            catching_up: None,
+            log_kept_after: None,
             delivered: 0,
             partial: 0,
             replies: VecDeque::new(),
@@ -460,17 +540,29 @@ impl WorkerHandle {
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
         self.drive_checkpoint();
-        if self.offloading.is_some() {
+        if self.offloading.is_some() || self.catching_up.is_some() {
             self.drive_offload()?;
             // The task sending the rounds shares the runtime (maybe its only thread) with
             // an application that handles messages here without waiting on anything.
             tokio::task::yield_now().await;
+            // Catching up needs no pause: the adoption is taken as soon as it comes.
+            if self
+                .offloading
+                .as_ref()
+                .is_some_and(|o| o.catch_up.is_some() && o.task.is_finished())
+            {
+                Box::pin(self.pump_offload()).await?;
+            }
         }
         Ok(seq)
     }
 
     /// Sends (or, locally, handles) the logged message `seq`.
     async fn send_logged(&mut self, seq: u64) -> Result<(), ClientError> {
+        if self.catching_up.is_some() {
+            // Maybe the node has caught up, and this message is its first.
+            Box::pin(self.drive_catch_up(false)).await?;
+        }
         if matches!(self.placement, Placement::Remote(_)) {
             while self.in_flight >= self.options.window {
                 self.pump().await?;
@@ -481,9 +573,22 @@ impl WorkerHandle {
         let Some((_, payload)) = self.log.iter().find(|(s, _)| *s == seq) else {
             return Ok(());
         };
-        if self.offloading.as_ref().is_some_and(|o| o.paused) {
-            // The last round is out: the message waits in the log and goes to the node
-            // once it adopts the worker (or runs here if it does not).
+        if self.offloading.as_ref().is_some_and(|o| o.paused)
+            || self
+                .log_kept_after
+                .is_some_and(|kept| seq > kept + CATCH_UP_MAX_AHEAD)
+        {
+            // The last round is out (or the node has enough to catch up on): the message
+            // waits in the log and goes to the node once it adopts the worker (or runs
+            // here if it does not).
+            return Ok(());
+        }
+        if (self.handoff.is_some() || self.returning.is_some())
+            && (payload.len() >= WAITS_FOR_DESTINATION || seq > self.sent_through + 1)
+        {
+            // It waits in the log for the move's end (and so does every message after it:
+            // a node takes them in order): the replay at the destination sends it, or, if
+            // the move fails, `send_held_back` sends it to the node after all.
             return Ok(());
         }
         match &mut self.placement {
@@ -504,6 +609,9 @@ impl WorkerHandle {
                 }
                 self.observe(seq, None, Some(handler), reply_bytes);
                 self.handled_through(seq);
+                if self.catching_up.is_some() {
+                    Box::pin(self.forward_to_catch_up(seq)).await?;
+                }
             }
             // Waiting for room may have ended a handoff, whose replay sent this one too.
             Placement::Remote(_) if seq <= self.sent_through => {}
@@ -528,6 +636,202 @@ impl WorkerHandle {
                     "the worker is nowhere: an earlier move failed".into(),
                 ))
             }
+        }
+        Ok(())
+    }
+
+    /// The settle time of a move started at `started`: until its destination took the
+    /// worker, or until now if it has not replayed anything since.
+    fn settled_since(&self, started: Instant) -> Duration {
+        match self.resumed_at {
+            Some(at) if at >= started => at - started,
+            _ => started.elapsed(),
+        }
+    }
+
+    /// Sends message `seq`, just handled here, to the node catching up.
+    async fn forward_to_catch_up(&mut self, seq: u64) -> Result<(), ClientError> {
+        let id = self.id;
+        let Some(payload) = self
+            .log
+            .iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, p)| p.clone())
+        else {
+            return Ok(());
+        };
+        let Some(catching_up) = &mut self.catching_up else {
+            return Ok(());
+        };
+        let frame = Frame::Post {
+            worker: id,
+            seq,
+            payload,
+        };
+        match catching_up.conn.send(&frame).await {
+            Ok(()) => {
+                catching_up.sent_through = seq;
+                catching_up.resent += 1;
+                Ok(())
+            }
+            Err(e) => self.abandon_catch_up(e).await,
+        }
+    }
+
+    /// Takes what the node catching up has sent — waiting for one frame if `wait`, else
+    /// only what has arrived — and switches over once it has handled every message
+    /// handled here, or once it has taken [`CATCH_UP_LIMIT`].
+    async fn drive_catch_up(&mut self, wait: bool) -> Result<(), ClientError> {
+        use futures_util::FutureExt;
+        let mut must_wait = wait;
+        loop {
+            let deadline = self.deadline;
+            let Some(catching_up) = &mut self.catching_up else {
+                return Ok(());
+            };
+            let lag = self.delivered.saturating_sub(catching_up.node_handled);
+            if lag < catching_up.least_lag.0 {
+                catching_up.least_lag = (lag, Instant::now());
+            }
+            if lag <= CATCH_UP_LAG.min(self.options.window as u64 - 1)
+                || catching_up.least_lag.1.elapsed() >= CATCH_UP_STALLED
+                || catching_up.since.elapsed() >= CATCH_UP_LIMIT
+            {
+                return self.switch_to_caught_up().await;
+            }
+            let received = if must_wait {
+                must_wait = false;
+                match Self::until_deadline(deadline, catching_up.conn.recv()).await {
+                    Some(received) => received,
+                    None => return Ok(()),
+                }
+            } else {
+                // Connection::recv only awaits the socket between frames: a frame half
+                // read stays buffered in the stream for the next call.
+                match catching_up.conn.recv().now_or_never() {
+                    Some(received) => received,
+                    None => return Ok(()),
+                }
+            };
+            match received {
+                Ok(Frame::Handled { seq, .. }) => {
+                    catching_up.node_handled = catching_up.node_handled.max(seq)
+                }
+                // Replies of messages whose replies were delivered from here.
+                Ok(Frame::Reply { .. } | Frame::Attached { .. }) => {}
+                Ok(Frame::Ping { nonce }) => {
+                    if let Err(e) = catching_up.conn.send(&Frame::Pong { nonce }).await {
+                        self.abandon_catch_up(e).await?;
+                    }
+                }
+                Ok(Frame::WorkerFailed { seq, reason, .. }) => {
+                    let e = ClientError::State(format!(
+                        "the node's copy failed at message {seq}, which ran here: {reason}"
+                    ));
+                    self.abandon_catch_up(e).await?;
+                }
+                Ok(other) => {
+                    tracing::debug!("ignoring {} while the node catches up", other.name())
+                }
+                Err(e) => self.abandon_catch_up(e).await?,
+            }
+        }
+    }
+
+    /// The node has caught up (or had its time): the worker runs there from now on. The
+    /// state it adopted is the recovery point, with every message since.
+    async fn switch_to_caught_up(&mut self) -> Result<(), ClientError> {
+        let Some(caught_up) = self.catching_up.take() else {
+            return Ok(());
+        };
+        let kept_after = caught_up.snapshot.manifest.last_seq;
+        self.log_kept_after = None;
+        let since: VecDeque<(u64, Vec<u8>)> = self
+            .log
+            .iter()
+            .filter(|(s, _)| *s > kept_after)
+            .cloned()
+            .collect();
+        let lag = self.delivered.saturating_sub(caught_up.node_handled);
+        tracing::debug!(
+            resent = caught_up.resent,
+            lag,
+            took = ?caught_up.since.elapsed(),
+            "the node caught up with the worker; switching over"
+        );
+        self.recovery_at = Instant::now();
+        self.recovery = Some(Recovery {
+            snapshot: caught_up.snapshot,
+            bytes: since.iter().map(|(_, m)| m.len()).sum(),
+            messages: since,
+        });
+        let conn = caught_up.conn;
+        let bytes = conn.bytes_in + conn.bytes_out - caught_up.bytes;
+        self.placement = Placement::Remote(Box::new(conn));
+        // Sent and not yet handled there: their Handled frames are still to come.
+        self.in_flight = caught_up
+            .sent_through
+            .saturating_sub(caught_up.node_handled) as usize;
+        self.sent_through = caught_up.sent_through;
+        let delivered = self.delivered;
+        self.handled_through(delivered);
+        self.resumed_at = Some(Instant::now());
+        // Messages that waited in the log follow.
+        self.send_logged_after(self.sent_through).await?;
+        self.finished = Some(Ok(MoveReport {
+            kind: MoveKind::Offload,
+            from: Place::Local.to_string(),
+            to: caught_up.to,
+            duration: caught_up.started.elapsed(),
+            client_bytes: bytes,
+            // Every message after the state's, sent to the node: the ones it caught up on
+            // and the ones that waited for the switch.
+            replayed: self.sent_through.saturating_sub(kept_after),
+        }));
+        Ok(())
+    }
+
+    /// The node catching up is gone or failed: the worker stays here, where it never
+    /// stopped running (the messages that waited for the node run here now), and the move
+    /// fails.
+    async fn abandon_catch_up(&mut self, cause: ClientError) -> Result<(), ClientError> {
+        let Some(abandoned) = self.catching_up.take() else {
+            return Ok(());
+        };
+        tracing::warn!(
+            "the offload to {} is abandoned while the node caught up ({cause}); the worker stays here",
+            abandoned.to
+        );
+        abandoned.conn.close().await;
+        self.log_kept_after = None;
+        let delivered = self.delivered;
+        self.handled_through(delivered);
+        self.finished = Some(Err(ClientError::Lost {
+            url: abandoned.to,
+            reason: format!("the node failed while it caught up with the worker: {cause}"),
+        }));
+        self.send_logged_after(delivered).await
+    }
+
+    /// Sends the logged messages that waited for a move that failed: the worker stayed on
+    /// its node.
+    async fn send_held_back(&mut self) -> Result<(), ClientError> {
+        if !matches!(self.placement, Placement::Remote(_)) {
+            return Ok(());
+        }
+        self.send_logged_after(self.sent_through).await
+    }
+
+    /// Sends (or, locally, handles) every logged message after `after`, in order.
+    async fn send_logged_after(&mut self, after: u64) -> Result<(), ClientError> {
+        let waiting: Vec<u64> = self
+            .log
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s > after)
+            .collect();
+        for seq in waiting {
+            Box::pin(self.send_logged(seq)).await?;
         }
         Ok(())
     }
@@ -607,7 +911,8 @@ impl WorkerHandle {
 
     /// Marks every logged message up to `seq` handled.
     fn handled_through(&mut self, seq: u64) {
-        while self.log.front().is_some_and(|(s, _)| *s <= seq) {
+        let forget = self.log_kept_after.map_or(seq, |kept| kept.min(seq));
+        while self.log.front().is_some_and(|(s, _)| *s <= forget) {
             self.log.pop_front();
         }
         while self.posted.front().is_some_and(|(s, _, _)| *s <= seq) {
@@ -684,15 +989,19 @@ impl WorkerHandle {
             self.scanned = None;
             return None;
         };
-        let memory = worker.memory();
-        let nonzero = memory
-            .chunks(4096)
-            .filter(|page| page.iter().any(|b| *b != 0))
-            .count() as u64
-            * 4096;
-        let hashes: Vec<u64> = memory
+        // One pass: each piece is hashed and its non-zero pages counted.
+        let mut nonzero = 0u64;
+        let hashes: Vec<u64> = worker
+            .memory()
             .chunks(SCAN_PIECE)
-            .map(xxhash_rust::xxh3::xxh3_64)
+            .map(|piece| {
+                nonzero += piece
+                    .chunks(4096)
+                    .filter(|page| page.iter().any(|b| *b != 0))
+                    .map(|page| page.len() as u64)
+                    .sum::<u64>();
+                xxhash_rust::xxh3::xxh3_64(piece)
+            })
             .collect();
         let now = Instant::now();
         let changed = self.scanned.as_ref().map(|(at, before)| {
@@ -767,6 +1076,10 @@ impl WorkerHandle {
             Box::pin(self.pump_offload()).await?;
             return Ok(None);
         }
+        if self.catching_up.is_some() {
+            Box::pin(self.drive_catch_up(true)).await?;
+            return Ok(None);
+        }
         match self.pump_raw().await {
             Err(e) if is_lost(&e) => {
                 let source = self
@@ -795,6 +1108,7 @@ impl WorkerHandle {
                     pending.next.abort();
                 }
                 self.finished = Some(Err(e));
+                self.send_held_back().await?;
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -815,7 +1129,11 @@ impl WorkerHandle {
                     Err(e) => Err(e),
                 };
                 // A failed return leaves the worker on the node, still in use.
+                let failed = outcome.is_err();
                 self.finished = Some(outcome);
+                if failed {
+                    self.send_held_back().await?;
+                }
                 Ok(None)
             }
         }
@@ -928,9 +1246,9 @@ impl WorkerHandle {
             (Placement::Local(_), Place::Node(url)) => {
                 let rounds = match mode {
                     MoveMode::PreCopy => self.options.precopy_rounds,
-                    MoveMode::StopAndCopy => 0,
+                    MoveMode::StopAndCopy | MoveMode::CatchUp => 0,
                 };
-                self.begin_offload(url, rounds)
+                self.begin_offload(url, rounds, mode == MoveMode::CatchUp)
             }
             _ => {
                 let result = self.move_to(to).await;
@@ -946,7 +1264,10 @@ impl WorkerHandle {
 
     /// Whether a move started by [`begin_move`](Self::begin_move) is still under way.
     pub fn moving(&self) -> bool {
-        self.handoff.is_some() || self.returning.is_some() || self.offloading.is_some()
+        self.handoff.is_some()
+            || self.returning.is_some()
+            || self.offloading.is_some()
+            || self.catching_up.is_some()
     }
 
     /// The outcome of the last move started by [`begin_move`](Self::begin_move), once it
@@ -976,7 +1297,7 @@ impl WorkerHandle {
                 kind,
                 from: from.to_string(),
                 to: self.place().to_string(),
-                duration: started.elapsed(),
+                duration: self.settled_since(started),
                 client_bytes,
                 replayed,
             })),
@@ -1047,8 +1368,8 @@ impl WorkerHandle {
     /// Local → node: the state goes out in pre-copy rounds (module only if the node lacks
     /// it); returns the bytes through the client and the messages replayed at the node.
     async fn offload(&mut self, url: &str) -> Result<(u64, u64), ClientError> {
-        self.begin_offload(url, self.options.precopy_rounds)?;
-        while self.offloading.is_some() {
+        self.begin_offload(url, self.options.precopy_rounds, false)?;
+        while self.offloading.is_some() || self.catching_up.is_some() {
             self.pump().await?;
         }
         let report = self
@@ -1060,8 +1381,14 @@ impl WorkerHandle {
 
     /// Captures the whole worker (round 0) and starts the task that sends it to `url`;
     /// the worker goes on handling messages here, unless `max_rounds` (the most rounds
-    /// after the first) is 0: then it is paused from the start.
-    fn begin_offload(&mut self, url: &str, max_rounds: u32) -> Result<(), ClientError> {
+    /// after the first) is 0: then it is paused from the start, or, with `catch_up`, runs
+    /// on while the node adopts round 0 and catches up.
+    fn begin_offload(
+        &mut self,
+        url: &str,
+        max_rounds: u32,
+        catch_up: bool,
+    ) -> Result<(), ClientError> {
         let Placement::Local(worker) = &mut self.placement else {
             unreachable!("offload starts local");
         };
@@ -1096,10 +1423,14 @@ impl WorkerHandle {
             previous,
             sent: 1,
             awaiting: true,
-            paused: last,
+            paused: last && !catch_up,
+            catch_up: (last && catch_up).then_some(manifest.last_seq),
             manifest: Some(manifest),
             max_rounds,
         });
+        if last && catch_up {
+            self.log_kept_after = self.offloading.as_ref().and_then(|o| o.catch_up);
+        }
         Ok(())
     }
 
@@ -1128,7 +1459,8 @@ impl WorkerHandle {
                 return Ok(());
             };
             offload.awaiting = false;
-            if offload.paused {
+            if offload.paused || offload.catch_up.is_some() {
+                // The last round is out.
                 return Ok(());
             }
             let Placement::Local(worker) = &mut self.placement else {
@@ -1204,29 +1536,71 @@ impl WorkerHandle {
             Ok(done) => self.end_offload(to, started, manifest, done).await,
             Err(e) => {
                 // The worker never left: what waited for the node runs here.
+                self.log_kept_after = None;
                 let delivered = self.delivered;
                 self.replay_after(delivered).await?;
                 Err(e)
             }
         };
-        self.finished = Some(outcome);
+        match outcome {
+            // The node catches up: the outcome comes at the switch.
+            Ok(None) => {}
+            Ok(Some(report)) => self.finished = Some(Ok(report)),
+            Err(e) => self.finished = Some(Err(e)),
+        }
         Ok(())
     }
 
     /// The node adopted the worker: the state it adopted becomes the recovery point, and
-    /// the messages posted during the last round go to the node.
+    /// the messages posted during the last round go to the node. If the last round went
+    /// out without a pause, the node first catches up (`None`: the move goes on).
     async fn end_offload(
         &mut self,
         to: String,
         started: Instant,
         manifest: Option<Manifest>,
         done: Offloaded,
-    ) -> Result<MoveReport, ClientError> {
+    ) -> Result<Option<MoveReport>, ClientError> {
         let Offloaded {
-            conn,
+            mut conn,
             last_seq,
             bodies,
         } = done;
+        if self.log_kept_after == Some(last_seq) {
+            let manifest = manifest.expect("an offload sends a manifest");
+            let snapshot = adopted_snapshot(manifest, bodies)?;
+            // Every message handled here since goes to the node, in order.
+            let behind: Vec<(u64, Vec<u8>)> = self
+                .log
+                .iter()
+                .filter(|(s, _)| *s > last_seq && *s <= self.delivered)
+                .cloned()
+                .collect();
+            let bytes = conn.bytes_in + conn.bytes_out;
+            let mut sent_through = last_seq;
+            for (seq, payload) in behind {
+                conn.send(&Frame::Post {
+                    worker: self.id,
+                    seq,
+                    payload,
+                })
+                .await?;
+                sent_through = seq;
+            }
+            self.catching_up = Some(CatchingUp {
+                to,
+                started,
+                conn,
+                snapshot,
+                sent_through,
+                node_handled: last_seq,
+                since: Instant::now(),
+                resent: sent_through - last_seq,
+                bytes,
+                least_lag: (sent_through - last_seq, Instant::now()),
+            });
+            return Ok(None);
+        }
         if last_seq != self.delivered {
             return Err(ClientError::State(format!(
                 "the node adopted the worker at message {last_seq}, the client had {}",
@@ -1234,15 +1608,7 @@ impl WorkerHandle {
             )));
         }
         let manifest = manifest.expect("an offload sends a manifest");
-        let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
-        let mut kept: HashMap<ChunkHash, ChunkBody> = HashMap::new();
-        for body in bodies {
-            if used.contains(&body.hash()) {
-                kept.insert(body.hash(), body);
-            }
-        }
-        let snapshot = Snapshot::from_parts(manifest, kept.into_values().collect())
-            .map_err(|e| ClientError::State(e.to_string()))?;
+        let snapshot = adopted_snapshot(manifest, bodies)?;
         let waiting: VecDeque<(u64, Vec<u8>)> = self.log.iter().cloned().collect();
         self.recovery_at = Instant::now();
         self.recovery = Some(Recovery {
@@ -1255,14 +1621,14 @@ impl WorkerHandle {
         self.in_flight = 0;
         self.sent_through = self.delivered;
         let replayed = self.replay_after(last_seq).await?;
-        Ok(MoveReport {
+        Ok(Some(MoveReport {
             kind: MoveKind::Offload,
             from: Place::Local.to_string(),
             to,
-            duration: started.elapsed(),
+            duration: self.settled_since(started),
             client_bytes: bytes,
             replayed,
-        })
+        }))
     }
 
     /// Node A → node B directly: A sends the state; the client then attaches at B.
@@ -1326,7 +1692,7 @@ impl WorkerHandle {
             kind: MoveKind::Handoff,
             from: pending.from,
             to: pending.to,
-            duration: pending.started.elapsed(),
+            duration: self.settled_since(pending.started),
             client_bytes: spent + bytes,
             replayed,
         }))
@@ -1601,7 +1967,7 @@ impl WorkerHandle {
             kind: MoveKind::Return,
             from: pending.from,
             to: Place::Local.to_string(),
-            duration: pending.started.elapsed(),
+            duration: self.settled_since(pending.started),
             client_bytes: bytes,
             replayed,
         })
@@ -1637,6 +2003,7 @@ impl WorkerHandle {
 
     /// Resends every logged message above `last_seq` where the worker now runs.
     async fn replay_after(&mut self, last_seq: u64) -> Result<u64, ClientError> {
+        self.resumed_at = Some(Instant::now());
         self.handled_through(last_seq);
         let seqs: Vec<u64> = self.log.iter().map(|(s, _)| *s).collect();
         for &seq in &seqs {
@@ -1644,6 +2011,19 @@ impl WorkerHandle {
         }
         Ok(seqs.len() as u64)
     }
+}
+
+/// The snapshot a node adopted: `manifest` with the bodies sent that it uses.
+fn adopted_snapshot(manifest: Manifest, bodies: Vec<ChunkBody>) -> Result<Snapshot, ClientError> {
+    let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+    let mut kept: HashMap<ChunkHash, ChunkBody> = HashMap::new();
+    for body in bodies {
+        if used.contains(&body.hash()) {
+            kept.insert(body.hash(), body);
+        }
+    }
+    Snapshot::from_parts(manifest, kept.into_values().collect())
+        .map_err(|e| ClientError::State(e.to_string()))
 }
 
 /// Whether an error means the node holding the worker is gone (rather than refusing).

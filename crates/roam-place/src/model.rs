@@ -335,18 +335,24 @@ pub struct Prediction {
 /// The mean wait in a queue whose busiest stage takes `service` seconds at utilisation
 /// `rho`, where `variability` is half the sum of the squared coefficients of variation of
 /// the arrivals and the service (Kingman's approximation: 0 for a metronome, 1 for
-/// random arrivals and service). From 95 % on, messages pile up: the wait grows with the
+/// random arrivals and service). From [`SATURATION`] on, messages pile up: the wait grows with the
 /// backlog a horizon of `horizon` seconds would build, so an overloaded place still
 /// compares by how overloaded it is.
 pub(crate) fn queue_wait(service: f64, rho: f64, variability: f64, horizon: f64) -> f64 {
-    const KNEE: f64 = 0.95;
     let kingman = |rho: f64| service * rho / (1.0 - rho) * variability;
-    if rho < KNEE {
+    if rho < SATURATION {
         kingman(rho)
     } else {
-        kingman(KNEE) + service * 10.0 * (rho - KNEE) + (1.0 - 1.0 / rho).max(0.0) * horizon / 2.0
+        kingman(SATURATION)
+            + service * 10.0 * (rho - SATURATION)
+            + (1.0 - 1.0 / rho).max(0.0) * horizon / 2.0
     }
 }
+
+/// The utilisation from which a place is taken as not keeping up: the queueing model
+/// leaves Kingman's curve there ([`queue_wait`]), and a device whose handler runs this
+/// share of the time between posts is taken as overloaded.
+pub(crate) const SATURATION: f64 = 0.95;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,16 +9,17 @@
 //! staying, and none is made within [`PlannerSettings::dwell`] seconds of the last.
 
 use crate::estimate::{Direction, Ewma};
-use crate::model::{queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL};
+use crate::model::{
+    queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL, SATURATION,
+};
 
 /// Bytes of wasm a node compiles per second, for a first move to a node that lacks the
 /// module (Cranelift on the reference core compiles the 2 MB physics worker in about a
 /// second).
 const COMPILE_BYTES_PER_SECOND: f64 = 2.0e6;
 
-/// The share of the time between posts the handler must run here for the device to be
-/// taken as not keeping up, and the overload then assumed.
-const SATURATED_BUSY: f64 = 0.95;
+/// The overload assumed of a device whose handler runs [`SATURATION`] of the time between
+/// posts or more.
 const SATURATION_OVERLOAD: f64 = 0.1;
 
 /// What an application requires of placement; always honoured.
@@ -268,7 +269,7 @@ impl Planner {
             // the time is taken as overloaded by a tenth, whose backlog over the horizon
             // is about a second.
             let busy = self.profile.local_busy().unwrap_or(0.0);
-            if busy >= SATURATED_BUSY {
+            if busy >= SATURATION {
                 utilisation = utilisation.max(busy + SATURATION_OVERLOAD);
             }
         }

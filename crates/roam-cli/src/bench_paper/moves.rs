@@ -385,19 +385,39 @@ impl<'t> Device<'t> {
         tokio::time::sleep(Duration::from_millis(80)).await;
         let links_after = state_link.link.stats();
 
-        let last_seq = posted - report.replayed;
+        // Every message posted by now was handled by the state that moved, or was sent to
+        // the destination after it.
+        let last_seq = self.posted - report.replayed;
         let during = &self.arrivals[first..];
-        // Only a return shares its link with the application: the replies of the messages
-        // the node handled before sending the state come down the same connection.
-        let app_bytes: u64 = if step.kind == MoveKind::Return {
-            let replies: u64 = during
-                .iter()
-                .filter(|a| a.seq <= last_seq)
-                .map(|a| reply_wire(a.len))
-                .sum();
-            replies + posted_during * post_wire(self.app.message.len())
-        } else {
-            0
+        // An offload and a return share their link with the application; a handoff and a
+        // fallback move the state between nodes.
+        let app_bytes: u64 = match step.kind {
+            // The replies of the messages the node handled before sending the state come
+            // down the same connection, and the messages posted meanwhile go up it.
+            MoveKind::Return => {
+                let replies: u64 = during
+                    .iter()
+                    .filter(|a| a.seq <= last_seq)
+                    .map(|a| reply_wire(a.len))
+                    .sum();
+                replies + posted_during * post_wire(self.app.message.len())
+            }
+            // The messages the node handles after the move (sent to it then: they would
+            // have crossed anyway) go up, and their replies come down.
+            MoveKind::Offload => {
+                let answered_there: Vec<&Arrival> = during
+                    .iter()
+                    .filter(|a| a.seq > last_seq && a.at >= arrived)
+                    .collect();
+                let messages: std::collections::BTreeSet<u64> =
+                    answered_there.iter().map(|a| a.seq).collect();
+                answered_there
+                    .iter()
+                    .map(|a| reply_wire(a.len))
+                    .sum::<u64>()
+                    + messages.len() as u64 * post_wire(self.app.message.len())
+            }
+            _ => 0,
         };
         let answered = self
             .arrivals

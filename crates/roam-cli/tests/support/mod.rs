@@ -43,6 +43,22 @@ pub fn worker(name: &str) -> PathBuf {
     path
 }
 
+/// The value of the metric line that starts with `prefix` in the `/metrics` of the node at
+/// `url` (a plain HTTP/1.0 GET).
+pub fn metric(url: &str, prefix: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("ws://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// A `roam serve` process, killed when dropped.
 pub struct Node {
     pub child: Child,
