@@ -556,8 +556,8 @@ async fn forward(node: &Node, package: &Package, destination: &str) -> Result<u6
 /// cannot be reached the worker resumes here.
 async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: Sink) {
     tracing::Span::current().record("worker", format!("{worker:032x}"));
-    let result = forward_live(&node, worker, &destination).await;
-    let frame = match result {
+    let result = forward_live(&node, worker, &destination, &sink).await;
+    match result {
         Ok((last_seq, report)) => {
             tracing::info!(
                 %destination,
@@ -575,31 +575,31 @@ async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: S
                 report.paused,
             );
             node.metrics.record_move(MoveKind::Handoff, true);
-            Frame::Moved {
-                worker,
-                destination,
-                last_seq,
-            }
         }
         Err(e) => {
             tracing::info!(%destination, "handoff failed, the worker stays: {e}");
             node.metrics.record_move(MoveKind::Handoff, false);
-            worker_error(
+            let _ = sink.send(worker_error(
                 e.code(),
                 worker,
                 format!("the worker stays here: its handoff to {destination} failed: {e}"),
-            )
+            ));
         }
-    };
-    let _ = sink.send(frame);
+    }
 }
 
 /// Sends the hosted worker to the node at `destination` with a move token, in pre-copy
-/// rounds; drops it here once adopted there, resumes it otherwise.
+/// rounds; once adopted there, tells the client (Moved, on `sink`) and then drops it here;
+/// resumes it otherwise.
+///
+/// Moved goes out before the worker is dropped: a Post that arrives in between is held
+/// and dropped with the worker (the client replays it at the destination), and one that
+/// arrives after is refused only once the client has switched over, never ahead of Moved.
 async fn forward_live(
     node: &Node,
     worker: WorkerId,
     destination: &str,
+    sink: &Sink,
 ) -> Result<(u64, PrecopyReport), MoveError> {
     let mut link = connect(destination, &node.config, node.metrics.clone()).await?;
     let token = MoveToken::issue(
@@ -615,6 +615,13 @@ async fn forward_live(
         chunks: &node.chunks,
     };
     let result = send_live(&mut link, &live, Some(token), &node.config.precopy).await;
+    if let Ok((last_seq, _)) = &result {
+        let _ = sink.send(Frame::Moved {
+            worker,
+            destination: destination.to_string(),
+            last_seq: *last_seq,
+        });
+    }
     // A worker that never started a pre-copy (unknown, already moving) is not touched.
     if !matches!(
         result,
