@@ -229,9 +229,6 @@ pub struct WorkerHandle {
     offloading: Option<PendingOffload>,
     /// An offload whose node is catching up with the worker running here.
     catching_up: Option<CatchingUp>,
-    /// While an offload may end by catching up, the messages after this one stay in the
-    /// log when handled here: the node handles them too.
-    log_kept_after: Option<u64>,
     /// The outcome of the last move that ran in the background, until taken.
     finished: Option<Result<MoveReport, ClientError>>,
     /// When each message still in the log was posted, and its size.
@@ -373,8 +370,6 @@ struct CatchingUp {
     node_handled: u64,
     /// When the node adopted the state.
     since: Instant,
-    /// Messages sent to the node to catch up.
-    resent: u64,
     /// Frame bytes through the connection when the node adopted the state.
     bytes: u64,
     /// The smallest lag seen (messages handled here and not yet there), and when.
@@ -480,7 +475,6 @@ impl WorkerHandle {
             sent_through: 0,
             resumed_at: None,
             catching_up: None,
-            log_kept_after: None,
             delivered: 0,
             partial: 0,
             replies: VecDeque::new(),
@@ -575,7 +569,7 @@ impl WorkerHandle {
         };
         if self.offloading.as_ref().is_some_and(|o| o.paused)
             || self
-                .log_kept_after
+                .kept_after()
                 .is_some_and(|kept| seq > kept + CATCH_UP_MAX_AHEAD)
         {
             // The last round is out (or the node has enough to catch up on): the message
@@ -640,6 +634,16 @@ impl WorkerHandle {
         Ok(())
     }
 
+    /// While an offload may end by catching up (and until it has), the message after which
+    /// the log keeps the messages handled here: the node handles them too.
+    fn kept_after(&self) -> Option<u64> {
+        match (&self.offloading, &self.catching_up) {
+            (Some(offload), _) => offload.catch_up,
+            (None, Some(catching_up)) => Some(catching_up.snapshot.manifest.last_seq),
+            (None, None) => None,
+        }
+    }
+
     /// The settle time of a move started at `started`: until its destination took the
     /// worker, or until now if it has not replayed anything since.
     fn settled_since(&self, started: Instant) -> Duration {
@@ -671,7 +675,6 @@ impl WorkerHandle {
         match catching_up.conn.send(&frame).await {
             Ok(()) => {
                 catching_up.sent_through = seq;
-                catching_up.resent += 1;
                 Ok(())
             }
             Err(e) => self.abandon_catch_up(e).await,
@@ -745,7 +748,6 @@ impl WorkerHandle {
             return Ok(());
         };
         let kept_after = caught_up.snapshot.manifest.last_seq;
-        self.log_kept_after = None;
         let since: VecDeque<(u64, Vec<u8>)> = self
             .log
             .iter()
@@ -754,7 +756,7 @@ impl WorkerHandle {
             .collect();
         let lag = self.delivered.saturating_sub(caught_up.node_handled);
         tracing::debug!(
-            resent = caught_up.resent,
+            resent = caught_up.sent_through - kept_after,
             lag,
             took = ?caught_up.since.elapsed(),
             "the node caught up with the worker; switching over"
@@ -803,7 +805,6 @@ impl WorkerHandle {
             abandoned.to
         );
         abandoned.conn.close().await;
-        self.log_kept_after = None;
         let delivered = self.delivered;
         self.handled_through(delivered);
         self.finished = Some(Err(ClientError::Lost {
@@ -911,7 +912,7 @@ impl WorkerHandle {
 
     /// Marks every logged message up to `seq` handled.
     fn handled_through(&mut self, seq: u64) {
-        let forget = self.log_kept_after.map_or(seq, |kept| kept.min(seq));
+        let forget = self.kept_after().map_or(seq, |kept| kept.min(seq));
         while self.log.front().is_some_and(|(s, _)| *s <= forget) {
             self.log.pop_front();
         }
@@ -1428,9 +1429,6 @@ impl WorkerHandle {
             manifest: Some(manifest),
             max_rounds,
         });
-        if last && catch_up {
-            self.log_kept_after = self.offloading.as_ref().and_then(|o| o.catch_up);
-        }
         Ok(())
     }
 
@@ -1523,20 +1521,23 @@ impl WorkerHandle {
             return Ok(());
         };
         let offload = self.offloading.take().expect("an offload is under way");
-        let (to, started, manifest) = (
+        let (to, started, manifest, catch_up) = (
             offload.to.clone(),
             offload.started,
             offload.manifest.clone(),
+            offload.catch_up,
         );
         let result = match ended {
             Ok(result) => result,
             Err(e) => Err(ClientError::State(format!("the offload stopped: {e}"))),
         };
         let outcome = match result {
-            Ok(done) => self.end_offload(to, started, manifest, done).await,
+            Ok(done) => {
+                self.end_offload(to, started, manifest, catch_up, done)
+                    .await
+            }
             Err(e) => {
                 // The worker never left: what waited for the node runs here.
-                self.log_kept_after = None;
                 let delivered = self.delivered;
                 self.replay_after(delivered).await?;
                 Err(e)
@@ -1559,6 +1560,7 @@ impl WorkerHandle {
         to: String,
         started: Instant,
         manifest: Option<Manifest>,
+        catch_up: Option<u64>,
         done: Offloaded,
     ) -> Result<Option<MoveReport>, ClientError> {
         let Offloaded {
@@ -1566,7 +1568,7 @@ impl WorkerHandle {
             last_seq,
             bodies,
         } = done;
-        if self.log_kept_after == Some(last_seq) {
+        if catch_up == Some(last_seq) {
             let manifest = manifest.expect("an offload sends a manifest");
             let snapshot = adopted_snapshot(manifest, bodies)?;
             // Every message handled here since goes to the node, in order.
@@ -1595,7 +1597,6 @@ impl WorkerHandle {
                 sent_through,
                 node_handled: last_seq,
                 since: Instant::now(),
-                resent: sent_through - last_seq,
                 bytes,
                 least_lag: (sent_through - last_seq, Instant::now()),
             });
