@@ -123,6 +123,9 @@ const SCAN_PAIR: Duration = Duration::from_millis(500);
 /// judged from messages posted once they are (at most this long after the move ended).
 const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
 
+/// How often the worker's state is copied back while its node's link fades.
+const FADING_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
+
 /// An offload pauses the worker from the start when pre-copy's first round would take
 /// long enough for the worker to rewrite at least this share of its state meanwhile: the
 /// next round would be about as large, so running on through the rounds only makes the
@@ -177,6 +180,8 @@ pub struct AutoPlacer {
     /// How fast the worker rewrites its memory here, bytes per second (uncompressed).
     rewrite_rate: Option<f64>,
     last_decision: Option<String>,
+    /// The handle's checkpoint interval before the placer changed it.
+    usual_checkpoint_every: Option<Option<Duration>>,
     /// When the last message seen was handled.
     last_handled: Option<Instant>,
     /// The move under way (or just ended) whose pause is being measured.
@@ -221,6 +226,7 @@ impl AutoPlacer {
             scan_second: false,
             rewrite_rate: None,
             last_decision: None,
+            usual_checkpoint_every: None,
             last_handled: None,
             watching: None,
         }
@@ -312,6 +318,7 @@ impl AutoPlacer {
         }
         let candidates = self.candidates_at(now, &here);
         let decision = self.planner.decide(now, &candidates);
+        self.insure(handle, &decision, &here);
         if self.last_decision.as_deref() != Some(decision.reason()) {
             tracing::debug!(at_s = now, "placement: {}", decision.reason());
         }
@@ -353,6 +360,28 @@ impl AutoPlacer {
             to: place,
             reason: decision.reason().to_string(),
         }))
+    }
+
+    /// While the link to the worker's node fades, takes copies of its state more often
+    /// ([`FADING_CHECKPOINT_EVERY`]): should the node be lost, the device then handles
+    /// again a few seconds of messages instead of up to the usual interval's.
+    fn insure(&mut self, handle: &mut WorkerHandle, decision: &roam_place::Decision, here: &str) {
+        let usual = *self
+            .usual_checkpoint_every
+            .get_or_insert_with(|| handle.checkpoint_every());
+        let fading = here != LOCAL
+            && decision
+                .predictions()
+                .iter()
+                .any(|p| p.id == here && p.loss_risk > 0.0);
+        let every = match usual {
+            Some(usual) if fading => Some(usual.min(FADING_CHECKPOINT_EVERY)),
+            _ => usual,
+        };
+        if handle.checkpoint_every() != every {
+            tracing::debug!(?every, fading, "checkpoints");
+            handle.set_checkpoint_every(every);
+        }
     }
 
     /// How an offload to `to` should send the state: paused from the start when the

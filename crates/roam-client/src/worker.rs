@@ -508,6 +508,18 @@ impl WorkerHandle {
         }
     }
 
+    /// How often a copy of the worker's state is taken while it runs on a node
+    /// ([`WorkerOptions::checkpoint_every`]).
+    pub fn checkpoint_every(&self) -> Option<Duration> {
+        self.options.checkpoint_every
+    }
+
+    /// Takes copies of the worker's state this often from now on (`None`: none); the next
+    /// is due `every` after the last.
+    pub fn set_checkpoint_every(&mut self, every: Option<Duration>) {
+        self.options.checkpoint_every = every;
+    }
+
     /// Messages posted and not yet handled.
     pub fn pending(&self) -> usize {
         self.log.len()

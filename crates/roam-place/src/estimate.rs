@@ -79,6 +79,14 @@ impl Ewma {
 /// Transfers shorter than this say more about the round trip than the bandwidth.
 const MIN_BANDWIDTH_SAMPLE_BYTES: u64 = 16 * 1024;
 
+/// A round trip up to this many times its baseline is taken as noise, not fading.
+pub const FADE_FROM: f64 = 1.3;
+/// A round trip this many times its baseline is taken as a link about to be lost.
+pub const FADE_LOST_AT: f64 = 3.0;
+/// Seconds a round trip must have grown by before it counts as fading (a link of a few
+/// milliseconds doubles with any jitter).
+pub const FADE_MIN_GROWTH: f64 = 0.010;
+
 /// What a [`LinkEstimator`] knows of its link now.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinkEstimate {
@@ -92,6 +100,11 @@ pub struct LinkEstimate {
     pub down: f64,
     /// Whether both bandwidths come from samples (otherwise a cautious guess stands in).
     pub bandwidth_measured: bool,
+    /// The lowest smoothed round trip of the last [`LinkEstimator::BASELINE_WINDOW`]
+    /// seconds: what the link gave before it faded, if it did.
+    pub rtt_baseline: f64,
+    /// Seconds since the link began to fade ([`LinkEstimate::loss_risk`] above 0), or 0.
+    pub fading_for: f64,
 }
 
 impl LinkEstimate {
@@ -104,7 +117,34 @@ impl LinkEstimate {
             up,
             down,
             bandwidth_measured: true,
+            rtt_baseline: rtt,
+            fading_for: 0.0,
         }
+    }
+
+    /// The same link, whose round trip was `baseline` seconds a while ago.
+    pub fn faded_from(self, baseline: f64, seconds_ago: f64) -> LinkEstimate {
+        LinkEstimate {
+            rtt_baseline: baseline,
+            fading_for: seconds_ago,
+            ..self
+        }
+    }
+
+    /// How likely the link is to be lost soon, from 0 to 1, judged by how far its round
+    /// trip has grown past the lowest of the last [`LinkEstimator::BASELINE_WINDOW`]
+    /// seconds. A radio link fades before it goes: the round trip grows as the signal
+    /// weakens and the link layer retransmits. Up to [`FADE_FROM`] times the baseline
+    /// (or less than [`FADE_MIN_GROWTH`] more) is noise, and the risk is 0; it grows in
+    /// proportion to 1 at [`FADE_LOST_AT`] times.
+    pub fn loss_risk(&self) -> f64 {
+        let baseline = self.rtt_baseline.max(1e-4);
+        let grown = self.rtt - baseline;
+        // Not finite, or too little to tell from jitter.
+        if grown.is_nan() || grown < FADE_MIN_GROWTH {
+            return 0.0;
+        }
+        ((self.rtt / baseline - FADE_FROM) / (FADE_LOST_AT - FADE_FROM)).clamp(0.0, 1.0)
     }
 
     /// Seconds for `bytes` to cross the link one way, not counting the delay.
@@ -135,6 +175,11 @@ pub struct LinkEstimator {
     last_up_at: Option<f64>,
     last_down_at: Option<f64>,
     failed_at: Option<f64>,
+    /// The smoothed round trip after each sample of the last
+    /// [`LinkEstimator::BASELINE_WINDOW`] seconds, with its time, oldest first.
+    recent: std::collections::VecDeque<(f64, f64)>,
+    /// When the link began to fade, if it fades.
+    fading_since: Option<f64>,
 }
 
 impl Default for LinkEstimator {
@@ -147,6 +192,8 @@ impl Default for LinkEstimator {
             last_up_at: None,
             last_down_at: None,
             failed_at: None,
+            recent: Default::default(),
+            fading_since: None,
         }
     }
 }
@@ -159,6 +206,10 @@ impl LinkEstimator {
     /// The bandwidth assumed before any sample: 1 MB/s (8 Mbit/s), below a typical
     /// mobile uplink, so an unmeasured link is not preferred.
     pub const GUESSED_BANDWIDTH: f64 = 1.0e6;
+    /// Seconds over which the lowest smoothed round trip is remembered as the link's
+    /// baseline: a link that got slower and stayed so this long is a slower link, no
+    /// longer a fading one.
+    pub const BASELINE_WINDOW: f64 = 30.0;
 
     /// A round trip of `rtt` seconds measured at `now`.
     pub fn on_round_trip(&mut self, now: f64, rtt: f64) {
@@ -167,6 +218,26 @@ impl LinkEstimator {
         }
         self.rtt.add(rtt);
         self.last_rtt_at = Some(now);
+        if let Some(smoothed) = self.rtt.mean() {
+            while self
+                .recent
+                .front()
+                .is_some_and(|(at, _)| now - at > Self::BASELINE_WINDOW)
+            {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((now, smoothed));
+            let baseline = self.baseline(smoothed);
+            let fading = LinkEstimate::known(smoothed, 0.0, 0.0)
+                .faded_from(baseline, 0.0)
+                .loss_risk()
+                > 0.0;
+            self.fading_since = if fading {
+                self.fading_since.or(Some(now))
+            } else {
+                None
+            };
+        }
         if self.failed_at.is_some_and(|at| at <= now) {
             self.failed_at = None;
         }
@@ -214,6 +285,11 @@ impl LinkEstimator {
         last.is_none_or(|at| now - at > Self::BANDWIDTH_FRESH_FOR)
     }
 
+    /// The lowest smoothed round trip of the window, `rtt` included.
+    fn baseline(&self, rtt: f64) -> f64 {
+        self.recent.iter().map(|(_, r)| *r).fold(rtt, f64::min)
+    }
+
     /// The estimate at `now`, or `None` when the node is unreachable or not measured.
     pub fn estimate(&self, now: f64) -> Option<LinkEstimate> {
         if !self.is_reachable(now) {
@@ -224,6 +300,8 @@ impl LinkEstimator {
         let down = self.down.mean();
         Some(LinkEstimate {
             rtt,
+            rtt_baseline: self.baseline(rtt),
+            fading_for: self.fading_since.map_or(0.0, |at| (now - at).max(0.0)),
             rtt_sd: self.rtt.std_dev(),
             up: up.unwrap_or(Self::GUESSED_BANDWIDTH),
             down: down.unwrap_or(Self::GUESSED_BANDWIDTH),
@@ -291,5 +369,45 @@ mod tests {
         assert!(!link.needs_bandwidth_sample(5.0, Direction::Up));
         assert!(link.needs_bandwidth_sample(10.5, Direction::Up));
         assert!((e.transfer(Direction::Up, 125_000.0) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_link_whose_round_trip_grows_is_fading_until_that_is_its_new_normal() {
+        let mut link = LinkEstimator::default();
+        // 10 ms with a little jitter for 20 s: noise, not fading.
+        for i in 0..40 {
+            let jitter = if i % 3 == 0 { 0.004 } else { 0.0 };
+            link.on_round_trip(i as f64 * 0.5, 0.010 + jitter);
+            let e = link.estimate(i as f64 * 0.5).unwrap();
+            assert_eq!(e.loss_risk(), 0.0, "{e:?}");
+        }
+        // Then 50 ms: a probe or two later the link is at risk, soon certainly so.
+        link.on_round_trip(20.0, 0.050);
+        let first = link.estimate(20.0).unwrap();
+        assert!(first.loss_risk() > 0.0, "{first:?}");
+        assert_eq!(first.fading_for, 0.0);
+        for i in 1..6 {
+            link.on_round_trip(20.0 + i as f64 * 0.5, 0.050);
+        }
+        let later = link.estimate(22.5).unwrap();
+        assert_eq!(later.loss_risk(), 1.0, "{later:?}");
+        assert!((later.fading_for - 2.5).abs() < 1e-9, "{later:?}");
+        assert!((later.rtt_baseline - 0.010).abs() < 0.002, "{later:?}");
+        // Still 50 ms 40 s on: a slower link, no longer a fading one.
+        for i in 6..90 {
+            link.on_round_trip(20.0 + i as f64 * 0.5, 0.050);
+        }
+        let settled = link.estimate(64.5).unwrap();
+        assert_eq!(settled.loss_risk(), 0.0, "{settled:?}");
+        assert_eq!(settled.fading_for, 0.0);
+        // A cloud from 50 to 90 ms fades less than an edge from 10 to 50.
+        let cloud = LinkEstimate::known(0.090, 1e6, 1e6).faded_from(0.050, 1.0);
+        assert!(
+            cloud.loss_risk() > 0.0 && cloud.loss_risk() < 0.5,
+            "{cloud:?}"
+        );
+        // A few milliseconds more on a very short link is jitter.
+        let lan = LinkEstimate::known(0.004, 1e6, 1e6).faded_from(0.001, 1.0);
+        assert_eq!(lan.loss_risk(), 0.0);
     }
 }

@@ -330,6 +330,9 @@ pub struct Prediction {
     /// The same before the correction learned from the moves seen
     /// ([`crate::Planner::on_move_observed`]).
     pub stall_modelled: f64,
+    /// How likely the link there is to be lost soon (0 to 1), and charged for in
+    /// `latency`; 0 for the device.
+    pub loss_risk: f64,
 }
 
 /// The mean wait in a queue whose busiest stage takes `service` seconds at utilisation

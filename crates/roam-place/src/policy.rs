@@ -8,7 +8,7 @@
 //! a worker from bouncing: a move must also be [`PlannerSettings::margin`] faster than
 //! staying, and none is made within [`PlannerSettings::dwell`] seconds of the last.
 
-use crate::estimate::{Direction, Ewma};
+use crate::estimate::{Direction, Ewma, LinkEstimate};
 use crate::model::{
     queue_wait, Candidate, PlaceKind, Prediction, WorkerProfile, LOCAL, SATURATION,
 };
@@ -17,6 +17,14 @@ use crate::model::{
 /// module (Cranelift on the reference core compiles the 2 MB physics worker in about a
 /// second).
 const COMPILE_BYTES_PER_SECOND: f64 = 2.0e6;
+
+/// The risk of losing every node, when all links fade at once, from which the worker
+/// goes home (see [`Planner::decide`]).
+const COVERAGE_LOST: f64 = 0.5;
+
+/// Seconds a fading link is watched before the worker leaves it for another node: long
+/// enough for the other links' probes to show whether they fade too.
+const FADE_CONFIRM: f64 = 1.5;
 
 /// The overload assumed of a device whose handler runs [`SATURATION`] of the time between
 /// posts or more.
@@ -67,6 +75,12 @@ pub struct PlannerSettings {
     pub min_samples: u64,
     /// A worker without a message for this many seconds is idle and not moved. Default 10.
     pub idle_after: f64,
+    /// Seconds between the recovery points the client takes of a worker on a node (its
+    /// checkpoints): a node lost takes the worker back to the last one, and the messages
+    /// since are handled again on the device. Default 10.
+    pub recovery_every: f64,
+    /// Seconds before a lost node is known to be lost (a silent probe). Default 2.
+    pub loss_detection: f64,
 }
 
 impl Default for PlannerSettings {
@@ -79,6 +93,8 @@ impl Default for PlannerSettings {
             node_to_node: 5.0e6,
             min_samples: 3,
             idle_after: 10.0,
+            recovery_every: 10.0,
+            loss_detection: 2.0,
         }
     }
 }
@@ -302,7 +318,62 @@ impl Planner {
             utilisation,
             stall,
             stall_modelled,
+            loss_risk: 0.0,
         })
+    }
+
+    /// Charges each node whose link fades with what losing it would cost, weighted by how
+    /// likely that is ([`LinkEstimate::loss_risk`]); returns the risk when every node's
+    /// link fades at once.
+    ///
+    /// A node lost with the worker on it costs two things. The messages wait while the
+    /// loss is detected and the device handles again those since the last recovery point
+    /// (half of [`PlannerSettings::recovery_every`] on average): a stall `s`, which costs
+    /// `s² / (2 · interval)` over the horizon like a move's pause. And the messages after
+    /// it run on the device until the worker can leave again (the stall and the dwell
+    /// time) at the device's latency instead of the node's.
+    ///
+    /// When every node's link fades at once, the device itself is losing coverage (a
+    /// tunnel, a lift), not moving from one cell to the next: each node is then taken to
+    /// be as much at risk as the most faded one.
+    fn charge_loss_risk(&self, predictions: &mut [Prediction], candidates: &[Candidate]) -> f64 {
+        let risk_of = |id: &str| {
+            candidates
+                .iter()
+                .find(|c| c.id == id)
+                .and_then(|c| c.link.as_ref())
+                .map(LinkEstimate::loss_risk)
+        };
+        let risks: Vec<Option<f64>> = predictions.iter().map(|p| risk_of(&p.id)).collect();
+        let nodes = risks.iter().flatten().count();
+        let all_fading = nodes >= 2 && risks.iter().flatten().all(|r| *r > 0.0);
+        let worst = risks.iter().flatten().fold(0.0_f64, |a, b| a.max(*b));
+        let (Some(local), Some(interval)) = (
+            predictions.iter().find(|p| p.id == LOCAL).cloned(),
+            self.profile.interval(),
+        ) else {
+            return 0.0;
+        };
+        let replayed = self.settings.recovery_every / 2.0 / interval * local.handler;
+        let stall = self.settings.loss_detection + replayed;
+        let stall_cost = stall * stall / (2.0 * self.settings.horizon);
+        let on_device =
+            (stall + self.settings.dwell).min(self.settings.horizon) / self.settings.horizon;
+        for (p, risk) in predictions.iter_mut().zip(risks) {
+            let Some(risk) = risk else { continue };
+            let risk = if all_fading { worst } else { risk };
+            if risk <= 0.0 {
+                continue;
+            }
+            let after = (local.latency - p.latency).max(0.0) * on_device;
+            p.loss_risk = risk;
+            p.latency += risk * (stall_cost + after);
+        }
+        if all_fading {
+            worst
+        } else {
+            0.0
+        }
     }
 
     /// Seconds a move from `current` to `to` pauses the worker: its state crosses the
@@ -368,11 +439,12 @@ impl Planner {
             .iter()
             .find(|c| c.id == self.current)
             .filter(|c| allowed(c));
-        let predictions: Vec<Prediction> = candidates
+        let mut predictions: Vec<Prediction> = candidates
             .iter()
             .filter(|c| allowed(c))
             .filter_map(|c| self.predict(c, current, candidates))
             .collect();
+        let coverage_fading = self.charge_loss_risk(&mut predictions, candidates);
         let stay = |reason: String| Decision::Stay {
             reason,
             predictions: predictions.clone(),
@@ -410,11 +482,45 @@ impl Planner {
         let Some(here) = predictions.iter().find(|p| p.id == current.id) else {
             return stay("nothing is known yet of the handler's time".into());
         };
+        if coverage_fading >= COVERAGE_LOST {
+            // The device is about to lose every node: home while the state can still
+            // come back, dwell time or not; and nothing leaves it meanwhile.
+            let why = format!(
+                "every node's link fades at once (loss risk {:.0} %): the device is losing coverage",
+                coverage_fading * 100.0
+            );
+            let local = predictions.iter().find(|p| p.id == LOCAL);
+            let stall_allowed = |p: &Prediction| {
+                self.requirements
+                    .max_move_stall
+                    .is_none_or(|max| p.stall <= max)
+            };
+            return match local {
+                Some(local) if here.id != LOCAL && stall_allowed(local) => go(
+                    LOCAL,
+                    format!("{why}; home before it does (a {} pause)", ms(local.stall)),
+                ),
+                _ => stay(why),
+            };
+        }
         if self
             .last_move_at
             .is_some_and(|at| now - at < self.settings.dwell)
         {
             return stay(format!("moved less than {} s ago", self.settings.dwell));
+        }
+        if let Some(fading_for) = current
+            .link
+            .as_ref()
+            .filter(|l| l.loss_risk() > 0.0 && l.fading_for < FADE_CONFIRM)
+            .map(|l| l.fading_for)
+        {
+            // Whether the others fade too shows a probe or two later: moving to one of
+            // them now could be moving to a link about to go as well.
+            return stay(format!(
+                "the link here began to fade {} ago; waiting to see whether the others do",
+                ms(fading_for)
+            ));
         }
 
         let budget = self.requirements.latency_budget;
@@ -447,10 +553,15 @@ impl Planner {
             Some((p, net)) => go(
                 &p.id,
                 format!(
-                    "{} is predicted at {} a message against {} here; the move pauses it about {} ({} s of latency saved over {} s)",
+                    "{} is predicted at {} a message against {} here{}; the move pauses it about {} ({} s of latency saved over {} s)",
                     p.id,
                     ms(p.latency),
                     ms(here.latency),
+                    if here.loss_risk > 0.0 {
+                        format!(" (its link fading: loss risk {:.0} %)", here.loss_risk * 100.0)
+                    } else {
+                        String::new()
+                    },
                     ms(p.stall),
                     (net * 10.0).round() / 10.0,
                     self.settings.horizon
@@ -460,7 +571,14 @@ impl Planner {
                 let others: Vec<String> = predictions
                     .iter()
                     .filter(|p| p.id != here.id)
-                    .map(|p| format!("{} {} (a {} pause)", p.id, ms(p.latency), ms(p.stall)))
+                    .map(|p| {
+                        let fading = if p.loss_risk > 0.0 {
+                            format!(", its link fading: loss risk {:.0} %", p.loss_risk * 100.0)
+                        } else {
+                            String::new()
+                        };
+                        format!("{} {} (a {} pause{fading})", p.id, ms(p.latency), ms(p.stall))
+                    })
                     .collect();
                 stay(format!(
                     "{} a message here; no move pays{}{}",
@@ -492,7 +610,6 @@ fn ms(seconds: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::estimate::LinkEstimate;
 
     const EDGE: &str = "ws://edge";
     const CLOUD: &str = "ws://cloud";
@@ -787,5 +904,94 @@ mod tests {
                 .target(),
             None
         );
+    }
+
+    /// The busy planner, on the edge since `at` with 40 ms responses there.
+    fn on_edge(at: f64) -> Planner {
+        let mut planner = busy_planner(Requirements::default());
+        planner.moved(at, EDGE);
+        let link = LinkEstimate::known(0.010, 1.25e6, 4.5e6);
+        for _ in 0..10 {
+            planner
+                .profile_mut()
+                .on_node_reply(EDGE, 0.040, 64, 28_000, &link);
+        }
+        planner
+    }
+
+    #[test]
+    fn a_fading_edge_is_left_for_one_that_is_not() {
+        let planner = on_edge(5.0);
+        // The next cell's edge: slower than this one was, and not fading.
+        let next = Candidate::node(
+            "ws://next",
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.035, 0.5e6, 1.5e6)),
+            4.0,
+        );
+        let steady = Candidate::node(
+            EDGE,
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.012, 1.25e6, 4.5e6)),
+            4.0,
+        );
+        let d = planner.decide(12.0, &[Candidate::local(), steady, next.clone()]);
+        assert_eq!(d.target(), None, "{d:?}");
+        // The edge's round trip tripled 2 s ago: it is about to be lost.
+        let faded = |for_s: f64| {
+            Candidate::node(
+                EDGE,
+                PlaceKind::Edge,
+                Some(LinkEstimate::known(0.030, 0.6e6, 2.2e6).faded_from(0.010, for_s)),
+                4.0,
+            )
+        };
+        let d = planner.decide(12.0, &[Candidate::local(), faded(2.0), next.clone()]);
+        assert_eq!(d.target(), Some("ws://next"), "{d:?}");
+        assert!(d.reason().contains("loss risk"), "{d:?}");
+        let here = d.predictions().iter().find(|p| p.id == EDGE).unwrap();
+        assert!(here.loss_risk > 0.9, "{here:?}");
+        // Just after the fade began, it waits to see whether the next one fades too.
+        let d = planner.decide(12.0, &[Candidate::local(), faded(0.5), next]);
+        assert_eq!(d.target(), None, "{d:?}");
+        assert!(d.reason().contains("waiting"), "{d:?}");
+    }
+
+    #[test]
+    fn a_device_losing_coverage_takes_its_worker_home() {
+        // Moved half a second ago: the dwell time does not hold it there.
+        let planner = on_edge(11.5);
+        let edge_faded = Candidate::node(
+            EDGE,
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.050, 0.4e6, 1.2e6).faded_from(0.010, 1.0)),
+            4.0,
+        );
+        // The cloud fades too, if less.
+        let cloud_faded = Candidate::node(
+            CLOUD,
+            PlaceKind::Cloud,
+            Some(LinkEstimate::known(0.075, 0.4e6, 1.2e6).faded_from(0.050, 0.5)),
+            4.0,
+        );
+        let candidates = [Candidate::local(), edge_faded.clone(), cloud_faded.clone()];
+        let d = planner.decide(12.0, &candidates);
+        assert_eq!(d.target(), Some(LOCAL), "{d:?}");
+        assert!(d.reason().contains("losing coverage"), "{d:?}");
+        // Only the edge fading is a move between cells, not a loss of coverage: the
+        // worker goes to the steady cloud.
+        let settled = on_edge(5.0);
+        let edge_faded_long = Candidate::node(
+            EDGE,
+            PlaceKind::Edge,
+            Some(LinkEstimate::known(0.050, 0.4e6, 1.2e6).faded_from(0.010, 2.0)),
+            4.0,
+        );
+        let d = settled.decide(12.0, &[Candidate::local(), edge_faded_long, cloud()]);
+        assert_eq!(d.target(), Some(CLOUD), "{d:?}");
+        // At home meanwhile, it stays home however slow the device is.
+        let home = busy_planner(Requirements::default());
+        let d = home.decide(12.0, &candidates);
+        assert_eq!(d.target(), None, "{d:?}");
     }
 }
