@@ -347,6 +347,14 @@ pub fn mobility(
     } else {
         None
     };
+    let memory = tempfile::tempdir()?;
+    if options.policies.iter().any(|p| p == "auto") {
+        say(
+            "the device's first run of the application: a whole scene here, which `auto` remembers"
+                .into(),
+        );
+        run::remember_on_device(&wasm, &client, memory.path())?;
+    }
     // The other policies never read it.
     let plan = calibration.clone().unwrap_or(Calibration {
         local_handler_ms: 0.0,
@@ -385,6 +393,7 @@ pub fn mobility(
                     trace,
                     policy,
                     calibration: &plan,
+                    memory: memory.path(),
                     progress: &say,
                 },
             )

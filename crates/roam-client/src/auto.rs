@@ -64,6 +64,11 @@ pub struct AutoOptions {
     pub probe_every: Duration,
     /// How often the cloud is asked for its edges. Default 5 s.
     pub discover_every: Duration,
+    /// A directory where the placer remembers, per module, how much work a message takes
+    /// (see [`Memory`]): a run starts from what the last one on this device learnt, so a
+    /// worker known to be heavy leaves before its first heavy messages. `None` (the
+    /// default): nothing is remembered.
+    pub memory: Option<std::path::PathBuf>,
 }
 
 impl Default for AutoOptions {
@@ -75,7 +80,59 @@ impl Default for AutoOptions {
             routes: BTreeMap::new(),
             probe_every: Duration::from_millis(500),
             discover_every: Duration::from_secs(5),
+            memory: None,
         }
+    }
+}
+
+/// What a placer remembers of a module from one run to the next, in a file of
+/// [`AutoOptions::memory`] named after the module's SHA-256 (`<hex>.json`).
+///
+/// The work is counted in seconds of the reference core (the handler's time × the speed
+/// of the place it ran on), so it holds whether the last run ended on the device or on a
+/// node, and on a device whose speed changed since.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Memory {
+    /// Reference-core seconds a message took where the worker ran last, one standard
+    /// deviation above the mean: its heavier stretches, by which a device that must keep
+    /// up with all of them is judged (as a return is).
+    pub work_per_message_s: f64,
+}
+
+/// A remembered handler time counts as this many runs: the first few of a new run (a
+/// scene just dropped is light) do not outweigh what a whole earlier run showed.
+const MEMORY_WEIGHT_RUNS: u64 = 20;
+
+impl Memory {
+    fn path(dir: &std::path::Path, module: &[u8; 32]) -> std::path::PathBuf {
+        let hex: String = module.iter().map(|b| format!("{b:02x}")).collect();
+        dir.join(format!("{hex}.json"))
+    }
+
+    /// What `dir` remembers of `module`, if anything readable.
+    pub fn load(dir: &std::path::Path, module: &[u8; 32]) -> Option<Memory> {
+        let path = Memory::path(dir, module);
+        let text = std::fs::read_to_string(&path).ok()?;
+        match serde_json::from_str::<Memory>(&text) {
+            Ok(m) if m.work_per_message_s.is_finite() && m.work_per_message_s > 0.0 => Some(m),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "placement memory unreadable, ignored: {e}");
+                None
+            }
+        }
+    }
+
+    /// Writes it for `module` into `dir` (created if missing).
+    pub fn save(&self, dir: &std::path::Path, module: &[u8; 32]) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let path = Memory::path(dir, module);
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, path)
     }
 }
 
@@ -281,6 +338,7 @@ impl AutoPlacer {
             self.planner
                 .profile_mut()
                 .set_module_bytes(handle.module_bytes());
+            self.recall();
         }
         // The probes run on this runtime, maybe on this very thread, beside an application
         // that may never wait on anything while its worker runs here (a device that
@@ -360,6 +418,54 @@ impl AutoPlacer {
             to: place,
             reason: decision.reason().to_string(),
         }))
+    }
+
+    /// Starts the worker's profile from what [`AutoOptions::memory`] holds of its module.
+    fn recall(&mut self) {
+        let (Some(dir), Some(module)) = (&self.options.memory, &self.module) else {
+            return;
+        };
+        if let Some(memory) = Memory::load(dir, module) {
+            let here = memory.work_per_message_s / self.device_speed.max(1e-6);
+            tracing::debug!(
+                handler_ms = here * 1e3,
+                "placement memory: a message's handler time here"
+            );
+            self.planner
+                .profile_mut()
+                .recall_local_handler(here, MEMORY_WEIGHT_RUNS);
+        }
+    }
+
+    /// What this run learnt of the module, for the next one: the work a message takes
+    /// where it ran last (on a node, once enough runs were seen there).
+    fn remember(&self) {
+        let (Some(dir), Some(module)) = (&self.options.memory, &self.module) else {
+            return;
+        };
+        let nodes = self.nodes.lock().expect("placer nodes");
+        let device = self.device_speed.max(1e-6);
+        let relative = |id: &str| {
+            nodes
+                .get(id)
+                .and_then(|p| p.speed)
+                .map_or(1.0, |s| s / device)
+        };
+        let profile = self.planner.profile();
+        let here = if profile.runs_here() {
+            profile.heavy_local_handler()
+        } else {
+            profile.local_handler_now(&relative)
+        };
+        let Some(here) = here else {
+            return;
+        };
+        let memory = Memory {
+            work_per_message_s: here * device,
+        };
+        if let Err(e) = memory.save(dir, module) {
+            tracing::warn!(dir = %dir.display(), "placement memory not saved: {e}");
+        }
     }
 
     /// While the link to the worker's node fades, takes copies of its state more often
@@ -585,6 +691,9 @@ impl AutoPlacer {
 
 impl Drop for AutoPlacer {
     fn drop(&mut self) {
+        if self.started {
+            self.remember();
+        }
         for task in self.tasks.lock().expect("placer tasks").iter() {
             task.abort();
         }

@@ -31,6 +31,6 @@ mod error;
 mod probe;
 mod worker;
 
-pub use auto::{AutoOptions, AutoPlacer, CandidateView, Decision, Requirements};
+pub use auto::{AutoOptions, AutoPlacer, CandidateView, Decision, Memory, Requirements};
 pub use error::ClientError;
 pub use worker::{MoveKind, MoveMode, MoveReport, Place, Reply, WorkerHandle, WorkerOptions};

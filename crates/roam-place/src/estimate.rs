@@ -60,6 +60,16 @@ impl Ewma {
         self.samples += 1;
     }
 
+    /// Starts from `mean` as if it were the average of `samples` samples (of no spread):
+    /// a prior, which the samples that follow outweigh once there are more of them.
+    pub fn prime(&mut self, mean: f64, samples: u64) {
+        if mean.is_finite() && samples > 0 {
+            self.mean = mean;
+            self.variance = 0.0;
+            self.samples = samples;
+        }
+    }
+
     /// The mean, once there is a sample.
     pub fn mean(&self) -> Option<f64> {
         (self.samples > 0).then_some(self.mean)
@@ -100,11 +110,16 @@ pub struct LinkEstimate {
     pub down: f64,
     /// Whether both bandwidths come from samples (otherwise a cautious guess stands in).
     pub bandwidth_measured: bool,
-    /// The lowest smoothed round trip of the last [`LinkEstimator::BASELINE_WINDOW`]
-    /// seconds: what the link gave before it faded, if it did.
+    /// The lowest [`LinkEstimate::rtt_floor`] of the last
+    /// [`LinkEstimator::BASELINE_WINDOW`] seconds: what the link gave before it faded, if
+    /// it did.
     pub rtt_baseline: f64,
     /// Seconds since the link began to fade ([`LinkEstimate::loss_risk`] above 0), or 0.
     pub fading_for: f64,
+    /// The lowest of the last few round trips: what fading is judged by. A busy device
+    /// reads some probes' answers late, which raises single samples; a fading link raises
+    /// them all.
+    pub rtt_floor: f64,
 }
 
 impl LinkEstimate {
@@ -119,6 +134,7 @@ impl LinkEstimate {
             bandwidth_measured: true,
             rtt_baseline: rtt,
             fading_for: 0.0,
+            rtt_floor: rtt,
         }
     }
 
@@ -139,12 +155,12 @@ impl LinkEstimate {
     /// proportion to 1 at [`FADE_LOST_AT`] times.
     pub fn loss_risk(&self) -> f64 {
         let baseline = self.rtt_baseline.max(1e-4);
-        let grown = self.rtt - baseline;
+        let grown = self.rtt_floor - baseline;
         // Not finite, or too little to tell from jitter.
         if grown.is_nan() || grown < FADE_MIN_GROWTH {
             return 0.0;
         }
-        ((self.rtt / baseline - FADE_FROM) / (FADE_LOST_AT - FADE_FROM)).clamp(0.0, 1.0)
+        ((self.rtt_floor / baseline - FADE_FROM) / (FADE_LOST_AT - FADE_FROM)).clamp(0.0, 1.0)
     }
 
     /// Seconds for `bytes` to cross the link one way, not counting the delay.
@@ -180,7 +196,12 @@ pub struct LinkEstimator {
     recent: std::collections::VecDeque<(f64, f64)>,
     /// When the link began to fade, if it fades.
     fading_since: Option<f64>,
+    /// The last [`FLOOR_OF`] round trips, newest last.
+    raw: std::collections::VecDeque<f64>,
 }
+
+/// Round trips whose lowest is the link's floor ([`LinkEstimate::rtt_floor`]).
+const FLOOR_OF: usize = 3;
 
 impl Default for LinkEstimator {
     fn default() -> Self {
@@ -194,6 +215,7 @@ impl Default for LinkEstimator {
             failed_at: None,
             recent: Default::default(),
             fading_since: None,
+            raw: Default::default(),
         }
     }
 }
@@ -218,7 +240,12 @@ impl LinkEstimator {
         }
         self.rtt.add(rtt);
         self.last_rtt_at = Some(now);
-        if let Some(smoothed) = self.rtt.mean() {
+        if self.raw.len() == FLOOR_OF {
+            self.raw.pop_front();
+        }
+        self.raw.push_back(rtt);
+        let floor = self.floor();
+        {
             while self
                 .recent
                 .front()
@@ -226,9 +253,9 @@ impl LinkEstimator {
             {
                 self.recent.pop_front();
             }
-            self.recent.push_back((now, smoothed));
-            let baseline = self.baseline(smoothed);
-            let fading = LinkEstimate::known(smoothed, 0.0, 0.0)
+            self.recent.push_back((now, floor));
+            let baseline = self.baseline(floor);
+            let fading = LinkEstimate::known(floor, 0.0, 0.0)
                 .faded_from(baseline, 0.0)
                 .loss_risk()
                 > 0.0;
@@ -285,9 +312,14 @@ impl LinkEstimator {
         last.is_none_or(|at| now - at > Self::BANDWIDTH_FRESH_FOR)
     }
 
-    /// The lowest smoothed round trip of the window, `rtt` included.
-    fn baseline(&self, rtt: f64) -> f64 {
-        self.recent.iter().map(|(_, r)| *r).fold(rtt, f64::min)
+    /// The lowest floor of the window, `floor` included.
+    fn baseline(&self, floor: f64) -> f64 {
+        self.recent.iter().map(|(_, r)| *r).fold(floor, f64::min)
+    }
+
+    /// The lowest of the last few round trips.
+    fn floor(&self) -> f64 {
+        self.raw.iter().copied().fold(f64::INFINITY, f64::min)
     }
 
     /// The estimate at `now`, or `None` when the node is unreachable or not measured.
@@ -298,9 +330,11 @@ impl LinkEstimator {
         let rtt = self.rtt.mean()?;
         let up = self.up.mean();
         let down = self.down.mean();
+        let floor = self.floor();
         Some(LinkEstimate {
             rtt,
-            rtt_baseline: self.baseline(rtt),
+            rtt_floor: floor,
+            rtt_baseline: self.baseline(floor),
             fading_for: self.fading_since.map_or(0.0, |at| (now - at).max(0.0)),
             rtt_sd: self.rtt.std_dev(),
             up: up.unwrap_or(Self::GUESSED_BANDWIDTH),
@@ -381,23 +415,29 @@ mod tests {
             let e = link.estimate(i as f64 * 0.5).unwrap();
             assert_eq!(e.loss_risk(), 0.0, "{e:?}");
         }
-        // Then 50 ms: a probe or two later the link is at risk, soon certainly so.
-        link.on_round_trip(20.0, 0.050);
-        let first = link.estimate(20.0).unwrap();
-        assert!(first.loss_risk() > 0.0, "{first:?}");
-        assert_eq!(first.fading_for, 0.0);
-        for i in 1..6 {
+        // A busy device reads one answer late: not fading.
+        link.on_round_trip(20.0, 0.060);
+        assert_eq!(link.estimate(20.0).unwrap().loss_risk(), 0.0);
+        link.on_round_trip(20.5, 0.010);
+        // Then 50 ms: once the last few round trips all say so, the link is at risk.
+        for i in 2..4 {
             link.on_round_trip(20.0 + i as f64 * 0.5, 0.050);
         }
-        let later = link.estimate(22.5).unwrap();
-        assert_eq!(later.loss_risk(), 1.0, "{later:?}");
+        assert_eq!(link.estimate(21.5).unwrap().loss_risk(), 0.0);
+        link.on_round_trip(22.0, 0.050);
+        let first = link.estimate(22.0).unwrap();
+        assert_eq!(first.loss_risk(), 1.0, "{first:?}");
+        assert_eq!(first.fading_for, 0.0);
+        link.on_round_trip(22.5, 0.050);
+        let later = link.estimate(24.5).unwrap();
         assert!((later.fading_for - 2.5).abs() < 1e-9, "{later:?}");
-        assert!((later.rtt_baseline - 0.010).abs() < 0.002, "{later:?}");
+        assert!((later.rtt_baseline - 0.010).abs() < 1e-9, "{later:?}");
         // Still 50 ms 40 s on: a slower link, no longer a fading one.
         for i in 6..90 {
             link.on_round_trip(20.0 + i as f64 * 0.5, 0.050);
         }
         let settled = link.estimate(64.5).unwrap();
+        assert!((settled.rtt_floor - 0.050).abs() < 1e-9, "{settled:?}");
         assert_eq!(settled.loss_risk(), 0.0, "{settled:?}");
         assert_eq!(settled.fading_for, 0.0);
         // A cloud from 50 to 90 ms fades less than an edge from 10 to 50.

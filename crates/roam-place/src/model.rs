@@ -205,6 +205,22 @@ impl WorkerProfile {
         }
     }
 
+    /// The handler's time here, one standard deviation above its mean: its heavier
+    /// stretches, by which a device is judged when it must keep up with all of them.
+    pub fn heavy_local_handler(&self) -> Option<f64> {
+        Some(self.local_handler.mean()? + self.local_handler.std_dev())
+    }
+
+    /// The handler took about `seconds` here in an earlier run of the same module (what
+    /// the device remembers of it): taken as the average of `runs` runs until as many
+    /// new ones outweigh it, so a worker known to be heavy can leave before its first
+    /// heavy messages are measured.
+    pub fn recall_local_handler(&mut self, seconds: f64, runs: u64) {
+        if self.local_handler.samples() == 0 && seconds.is_finite() && seconds > 0.0 {
+            self.local_handler.prime(seconds.max(MIN_HANDLER), runs);
+        }
+    }
+
     /// The worker's state is `bytes` large as it travels (compressed, zero chunks left out).
     pub fn set_state_bytes(&mut self, bytes: u64) {
         self.state_bytes = bytes;
@@ -278,16 +294,21 @@ impl WorkerProfile {
     ///
     /// The node's time is taken one standard deviation above its mean: a worker whose work
     /// swings (a scene drops and settles) comes back only if this slower device would keep
-    /// up with its heavier stretches too, which a mean over a light one hides.
+    /// up with its heavier stretches too, which a mean over a light one hides. For the same
+    /// reason every node the worker ran on long enough counts, and the heaviest says: a
+    /// handoff starts the new node's average afresh, and a light stretch there alone
+    /// would bring the worker back just before the next heavy one.
     pub fn local_handler_now(&self, speeds: &dyn Fn(&str) -> f64) -> Option<f64> {
-        let derived = self.latest_node.as_deref().and_then(|id| {
-            let handler = &self.at_node.get(id)?.handler;
+        if self.latest_node.is_none() {
+            return self.local_handler(speeds);
+        }
+        let derived = self
+            .at_node
+            .iter()
             // A few runs just after a move say little of the work.
-            if handler.samples() < RUNS_FOR_RETURN {
-                return None;
-            }
-            Some((handler.mean()? + handler.std_dev()) * speeds(id))
-        });
+            .filter(|(_, at)| at.handler.samples() >= RUNS_FOR_RETURN)
+            .filter_map(|(id, at)| Some((at.handler.mean()? + at.handler.std_dev()) * speeds(id)))
+            .reduce(f64::max);
         derived.or_else(|| self.local_handler(speeds))
     }
 

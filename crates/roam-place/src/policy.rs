@@ -26,6 +26,9 @@ const COVERAGE_LOST: f64 = 0.5;
 /// enough for the other links' probes to show whether they fade too.
 const FADE_CONFIRM: f64 = 1.5;
 
+/// Seconds for which a node the worker left is predicted no faster than it was then.
+const DEPARTURE_REMEMBERED: f64 = 30.0;
+
 /// The overload assumed of a device whose handler runs [`SATURATION`] of the time between
 /// posts or more.
 const SATURATION_OVERLOAD: f64 = 0.1;
@@ -156,6 +159,8 @@ pub struct Planner {
     visited: std::collections::BTreeSet<String>,
     /// Observed over modelled pause, per [`MoveKind`].
     stall_factor: [Ewma; 3],
+    /// Nodes the worker left: when, and the response time it had there then.
+    departures: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 /// The kinds of move whose pause the planner learns apart.
@@ -193,6 +198,7 @@ impl Planner {
             last_move_at: None,
             visited: Default::default(),
             stall_factor: [Ewma::new(0.5); 3],
+            departures: Default::default(),
         }
     }
 
@@ -219,6 +225,14 @@ impl Planner {
     /// The worker runs at `place` since `now` (a move ended, or the client took it back
     /// from a node it lost).
     pub fn moved(&mut self, now: f64, place: &str) {
+        if place != self.current && self.current != LOCAL {
+            if let Some((response, n)) = self.profile.node_response(&self.current) {
+                if n >= self.settings.min_samples {
+                    self.departures
+                        .insert(self.current.clone(), (now, response));
+                }
+            }
+        }
         if place != self.current {
             self.current = place.to_string();
             self.last_move_at = Some(now);
@@ -445,6 +459,17 @@ impl Planner {
             .filter_map(|c| self.predict(c, current, candidates))
             .collect();
         let coverage_fading = self.charge_loss_risk(&mut predictions, candidates);
+        for p in predictions.iter_mut().filter(|p| p.id != self.current) {
+            // A node just left is taken to answer as it did when the worker left it,
+            // until [`DEPARTURE_REMEMBERED`] has passed: what made the worker leave (a
+            // crowded CPU, a fading link) shows in its speed and its probes only later,
+            // and moving straight back would be undone at once.
+            if let Some((at, response)) = self.departures.get(&p.id) {
+                if now - at < DEPARTURE_REMEMBERED {
+                    p.latency = p.latency.max(*response);
+                }
+            }
+        }
         let stay = |reason: String| Decision::Stay {
             reason,
             predictions: predictions.clone(),
@@ -482,9 +507,11 @@ impl Planner {
         let Some(here) = predictions.iter().find(|p| p.id == current.id) else {
             return stay("nothing is known yet of the handler's time".into());
         };
-        if coverage_fading >= COVERAGE_LOST {
+        if coverage_fading >= COVERAGE_LOST && here.id != LOCAL {
             // The device is about to lose every node: home while the state can still
-            // come back, dwell time or not; and nothing leaves it meanwhile.
+            // come back, dwell time or not. (A worker at home is not held there: a busy
+            // device reads its probes late, which can look like every link fading; the
+            // risk charged to each node weighs a real fade.)
             let why = format!(
                 "every node's link fades at once (loss risk {:.0} %): the device is losing coverage",
                 coverage_fading * 100.0
@@ -496,7 +523,7 @@ impl Planner {
                     .is_none_or(|max| p.stall <= max)
             };
             return match local {
-                Some(local) if here.id != LOCAL && stall_allowed(local) => go(
+                Some(local) if stall_allowed(local) => go(
                     LOCAL,
                     format!("{why}; home before it does (a {} pause)", ms(local.stall)),
                 ),
@@ -989,9 +1016,41 @@ mod tests {
         );
         let d = settled.decide(12.0, &[Candidate::local(), edge_faded_long, cloud()]);
         assert_eq!(d.target(), Some(CLOUD), "{d:?}");
-        // At home meanwhile, it stays home however slow the device is.
+        // At home meanwhile, it does not leave for a node that fades.
         let home = busy_planner(Requirements::default());
         let d = home.decide(12.0, &candidates);
+        assert_eq!(d.target(), None, "{d:?}");
+    }
+
+    #[test]
+    fn a_node_just_left_is_not_gone_back_to_before_it_says_it_recovered() {
+        let mut planner = busy_planner(Requirements::default());
+        planner.moved(5.0, EDGE);
+        let link = LinkEstimate::known(0.010, 1.25e6, 4.5e6);
+        for _ in 0..200 {
+            planner
+                .profile_mut()
+                .on_node_reply(EDGE, 0.025, 64, 28_000, &link);
+        }
+        // The edge got crowded: its replies slowed to 400 ms, and the worker left for
+        // the cloud. The edge has not measured its speed again yet.
+        for _ in 0..10 {
+            planner
+                .profile_mut()
+                .on_node_reply(EDGE, 0.400, 64, 28_000, &link);
+        }
+        planner.moved(8.0, CLOUD);
+        planner.arrived(8.5, CLOUD);
+        let cloud_link = LinkEstimate::known(0.050, 1.25e6, 4.5e6);
+        for _ in 0..20 {
+            planner
+                .profile_mut()
+                .on_node_reply(CLOUD, 0.075, 64, 28_000, &cloud_link);
+        }
+        let candidates = [Candidate::local(), edge(0.010), cloud()];
+        let d = planner.decide(12.0, &candidates);
+        let at_edge = d.predictions().iter().find(|p| p.id == EDGE).unwrap();
+        assert!(at_edge.latency >= 0.3, "{at_edge:?}");
         assert_eq!(d.target(), None, "{d:?}");
     }
 }

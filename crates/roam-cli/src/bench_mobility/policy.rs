@@ -179,6 +179,7 @@ impl Policy {
         name: &str,
         urls: &BTreeMap<String, String>,
         routes: &BTreeMap<String, String>,
+        memory: &std::path::Path,
     ) -> Result<Policy> {
         Ok(match name {
             "local" => Policy::Local,
@@ -196,6 +197,7 @@ impl Policy {
                     .map(|(_, u)| u.clone())
                     .collect(),
                 routes: routes.clone(),
+                memory: Some(memory.to_path_buf()),
                 ..AutoOptions::default()
             }))),
             other => anyhow::bail!("unknown policy `{other}` (known: {})", POLICIES.join(", ")),

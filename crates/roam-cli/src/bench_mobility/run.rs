@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use roam_client::{Place, WorkerHandle, WorkerOptions};
+use roam_client::{AutoOptions, AutoPlacer, Place, Requirements, WorkerHandle, WorkerOptions};
 use serde::Serialize;
 
 use super::network::Network;
@@ -89,6 +89,8 @@ pub struct RunSetup<'a> {
     pub policy: &'a str,
     /// The calibration.
     pub calibration: &'a Calibration,
+    /// Where `auto` remembers the module across runs ([`remember_on_device`]).
+    pub memory: &'a Path,
     /// Progress lines.
     pub progress: &'a (dyn Fn(String) + Sync),
 }
@@ -124,7 +126,7 @@ pub fn run(network: &mut Network, setup: &RunSetup<'_>) -> Result<RunRecord> {
                 handle.post(physics_init(CUBES, 7)).await?;
                 handle.drain().await?;
                 handle.take_replies();
-                let policy = Policy::new(setup.policy, urls, routes)?;
+                let policy = Policy::new(setup.policy, urls, routes, setup.memory)?;
                 let _ = ready_tx.send(());
                 let t0 = start_rx.recv().context("the trace's start")?;
                 tokio::time::sleep_until(t0.into()).await;
@@ -401,6 +403,49 @@ fn url_place(text: &str) -> Place {
     } else {
         Place::Node(text.to_string())
     }
+}
+
+/// The device runs the application once before the traces, as a device that used it
+/// before would have: a whole scene on the slow device, under a placer that keeps the
+/// worker here and remembers in `memory` how heavy its messages are. `auto` starts every
+/// trace from that, and from what the traces before taught it.
+pub fn remember_on_device(wasm: &[u8], options: &WorkerOptions, memory: &Path) -> Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<()> {
+                let _slow = slow_down_this_thread(DEVICE_SHARE);
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async {
+                    let mut handle = WorkerHandle::start(wasm, options.clone())?;
+                    handle.post(physics_init(CUBES, 7)).await?;
+                    handle.take_replies();
+                    let mut placer = AutoPlacer::new(AutoOptions {
+                        requirements: Requirements {
+                            stay_local: true,
+                            ..Requirements::default()
+                        },
+                        memory: Some(memory.to_path_buf()),
+                        ..AutoOptions::default()
+                    });
+                    for i in 0..SCENE_EVERY {
+                        handle.post(message(i)).await?;
+                        handle.take_replies();
+                        placer.tick(&mut handle).await?;
+                    }
+                    // Dropping the placer writes what it learnt.
+                    drop(placer);
+                    anyhow::ensure!(
+                        std::fs::read_dir(memory)?.next().is_some(),
+                        "the placer remembered nothing of a whole scene"
+                    );
+                    Ok(())
+                })
+            })
+            .join()
+            .map_err(|_| anyhow!("the device's first run panicked"))?
+    })
 }
 
 /// Measures the handler on the slow device and on an edge over a whole cycle of scenes,
