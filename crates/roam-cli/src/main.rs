@@ -85,6 +85,10 @@ enum Command {
         /// With `--plan auto`: never leave this device.
         #[arg(long, requires = "plan")]
         stay_local: bool,
+        /// With `--plan auto`: remember in DIR how heavy the module's messages are, and
+        /// start from what the last run learnt (one small file per module).
+        #[arg(long, value_name = "DIR", requires = "plan")]
+        remember: Option<std::path::PathBuf>,
         /// Print what was done as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -211,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_move_stall_ms,
             no_cloud,
             stay_local,
+            remember,
             json,
         } => {
             if !(timeout.is_finite() && timeout > 0.0) {
@@ -250,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         allow_cloud: !no_cloud,
                         stay_local,
                     },
+                    memory: remember.clone(),
                     ..roam_client::AutoOptions::default()
                 };
                 let interval = ms(interval_ms, "interval-ms")?;

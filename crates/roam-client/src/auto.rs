@@ -889,3 +889,44 @@ async fn list_edges(cloud: &str, options: &WorkerOptions) -> Result<Vec<String>,
     conn.close().await;
     Ok(edges)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "roam-memory-{name}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_module_is_remembered_apart_from_others_and_bad_files_are_ignored() {
+        let dir = scratch("modules");
+        let (heavy, other) = ([7u8; 32], [8u8; 32]);
+        assert_eq!(Memory::load(&dir, &heavy), None);
+        let memory = Memory {
+            work_per_message_s: 0.012,
+        };
+        memory.save(&dir, &heavy).unwrap();
+        assert_eq!(Memory::load(&dir, &heavy), Some(memory));
+        assert_eq!(Memory::load(&dir, &other), None);
+        // Named after the module's hash, as the documentation says.
+        let hex: String = heavy.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(dir.join(format!("{hex}.json")).is_file());
+        // A damaged or nonsensical file is ignored, not trusted.
+        std::fs::write(dir.join(format!("{hex}.json")), b"{ not json").unwrap();
+        assert_eq!(Memory::load(&dir, &heavy), None);
+        std::fs::write(
+            dir.join(format!("{hex}.json")),
+            br#"{ "work_per_message_s": -1.0 }"#,
+        )
+        .unwrap();
+        assert_eq!(Memory::load(&dir, &heavy), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -196,6 +196,8 @@ pub struct LinkEstimator {
     recent: std::collections::VecDeque<(f64, f64)>,
     /// When the link began to fade, if it fades.
     fading_since: Option<f64>,
+    /// When it last looked faded.
+    faded_at: Option<f64>,
     /// The last [`FLOOR_OF`] round trips, newest last.
     raw: std::collections::VecDeque<f64>,
 }
@@ -215,6 +217,7 @@ impl Default for LinkEstimator {
             failed_at: None,
             recent: Default::default(),
             fading_since: None,
+            faded_at: None,
             raw: Default::default(),
         }
     }
@@ -232,6 +235,8 @@ impl LinkEstimator {
     /// baseline: a link that got slower and stayed so this long is a slower link, no
     /// longer a fading one.
     pub const BASELINE_WINDOW: f64 = 30.0;
+    /// Seconds a link must not look faded for its fade to be over.
+    pub const FADE_ENDS_AFTER: f64 = 5.0;
 
     /// A round trip of `rtt` seconds measured at `now`.
     pub fn on_round_trip(&mut self, now: f64, rtt: f64) {
@@ -259,11 +264,17 @@ impl LinkEstimator {
                 .faded_from(baseline, 0.0)
                 .loss_risk()
                 > 0.0;
-            self.fading_since = if fading {
-                self.fading_since.or(Some(now))
-            } else {
-                None
-            };
+            // A fade that comes and goes is one fade: it ends only once the link has not
+            // looked faded for a while, so the time it has lasted keeps growing.
+            if fading {
+                self.fading_since.get_or_insert(now);
+                self.faded_at = Some(now);
+            } else if self
+                .faded_at
+                .is_none_or(|at| now - at >= Self::FADE_ENDS_AFTER)
+            {
+                self.fading_since = None;
+            }
         }
         if self.failed_at.is_some_and(|at| at <= now) {
             self.failed_at = None;
@@ -449,5 +460,26 @@ mod tests {
         // A few milliseconds more on a very short link is jitter.
         let lan = LinkEstimate::known(0.004, 1e6, 1e6).faded_from(0.001, 1.0);
         assert_eq!(lan.loss_risk(), 0.0);
+    }
+
+    #[test]
+    fn a_fade_that_comes_and_goes_is_one_fade() {
+        let mut link = LinkEstimator::default();
+        for i in 0..20 {
+            link.on_round_trip(i as f64 * 0.5, 0.010);
+        }
+        // A crowded node answers its probes late, and now and then in time: the fade
+        // does not start afresh each time it looks over.
+        let mut t = 10.0;
+        for _ in 0..5 {
+            for _ in 0..3 {
+                link.on_round_trip(t, 0.080);
+                t += 0.5;
+            }
+            link.on_round_trip(t, 0.010);
+            t += 0.5;
+        }
+        let e = link.estimate(t).unwrap();
+        assert!(e.fading_for >= 8.0, "{e:?}");
     }
 }

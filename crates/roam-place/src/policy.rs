@@ -1053,4 +1053,32 @@ mod tests {
         assert!(at_edge.latency >= 0.3, "{at_edge:?}");
         assert_eq!(d.target(), None, "{d:?}");
     }
+
+    #[test]
+    fn a_worker_remembered_as_heavy_leaves_before_its_heavy_messages() {
+        let start = |remembered: Option<f64>| {
+            let mut planner = Planner::new(PlannerSettings::default(), Requirements::default());
+            if let Some(seconds) = remembered {
+                planner.profile_mut().recall_local_handler(seconds, 20);
+            }
+            // The first messages of a run are light (a scene just dropped).
+            for i in 0..5 {
+                planner.profile_mut().on_post(i as f64 * 0.050, 64);
+                planner.profile_mut().on_local_run(0.005, 28_000);
+            }
+            planner.profile_mut().set_state_bytes(1 << 20);
+            planner.decide(0.25, &[Candidate::local(), edge(0.010)])
+        };
+        assert_eq!(start(None).target(), None);
+        let d = start(Some(0.060));
+        assert_eq!(d.target(), Some(EDGE), "{d:?}");
+        // The memory is a prior: as many new runs outweigh it.
+        let mut planner = Planner::new(PlannerSettings::default(), Requirements::default());
+        planner.profile_mut().recall_local_handler(0.060, 20);
+        for _ in 0..20 {
+            planner.profile_mut().on_local_run(0.010, 28_000);
+        }
+        let here = planner.profile().local_handler(&|_| 1.0).unwrap();
+        assert!((here - 0.035).abs() < 1e-9, "{here}");
+    }
 }
