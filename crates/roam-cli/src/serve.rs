@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use roam_node::{NodeConfig, NodeRole};
+use roam_node::{NodeConfig, NodeRole, PostCopyUse};
 
 /// What a node is for.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Most pre-copy rounds after the first; 0 moves workers stop-and-copy.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub precopy_rounds: u32,
+    /// When a handoff sends the state changed during its pause post-copy (the destination
+    /// runs the worker at once and fetches what it touches): auto, never or always.
+    #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = parse_post_copy)]
+    pub post_copy: PostCopyUse,
     /// MiB of chunk bodies kept so that transfers send only what this node lacks.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     pub chunk_store_mib: usize,
@@ -148,6 +152,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.location = args.location.clone();
         config.precopy.downtime_target = std::time::Duration::from_millis(args.downtime_target_ms);
         config.precopy.max_rounds = args.precopy_rounds;
+        config.precopy.post_copy = args.post_copy;
         config.chunk_store_bytes = args.chunk_store_mib << 20;
         config.speed = args.speed;
         config.routes = args.routes.iter().cloned().collect();
@@ -181,5 +186,14 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn parse_post_copy(text: &str) -> Result<PostCopyUse, String> {
+    match text {
+        "auto" => Ok(PostCopyUse::Auto),
+        "never" => Ok(PostCopyUse::Never),
+        "always" => Ok(PostCopyUse::Always),
+        other => Err(format!("`{other}` is not one of auto, never, always")),
     }
 }

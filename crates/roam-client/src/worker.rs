@@ -2041,7 +2041,10 @@ fn adopted_snapshot(manifest: Manifest, bodies: Vec<ChunkBody>) -> Result<Snapsh
 
 /// Whether an error means the node holding the worker is gone (rather than refusing).
 fn is_lost(e: &ClientError) -> bool {
+    // A node that ran the worker post-copy and lost its source says StateLost: the worker
+    // is gone as if the node had died.
     matches!(e, ClientError::Lost { .. } | ClientError::Connect { .. })
+        || matches!(e, ClientError::Refused { code, .. } if code == "StateLost")
 }
 
 /// Reads frames from a connection being given up until nothing is in flight.

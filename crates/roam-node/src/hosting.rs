@@ -10,8 +10,10 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use roam_proto::{ChunkHash, Frame, WorkerId};
-use roam_runtime::{CaptureError, Delta, RestoreError, Runtime, Snapshot, Worker, WorkerModule};
+use roam_proto::{ChunkHash, ErrorCode, Frame, WorkerId};
+use roam_runtime::{
+    CaptureError, Delta, Failure, RestoreError, Runtime, Snapshot, Worker, WorkerModule,
+};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
@@ -206,6 +208,21 @@ impl Hosting {
         let last_seq = restored.last_seq();
         self.host(worker, owner, module, restored, sink)?;
         Ok((last_seq, snapshot))
+    }
+
+    /// Hosts a worker restored post-copy during its transfer (its memory still arriving);
+    /// its client attaches later. Refused, like [`Hosting::adopt`], when a worker of this
+    /// id has another owner.
+    pub(crate) fn adopt_running(
+        self: &Arc<Self>,
+        worker: WorkerId,
+        owner: [u8; 32],
+        module: Arc<WorkerModule>,
+        restored: Worker,
+    ) -> Result<u64, AdoptError> {
+        let last_seq = restored.last_seq();
+        self.host(worker, owner, module, restored, None)?;
+        Ok(last_seq)
     }
 
     /// Puts a restored worker on its own thread and in the table. A worker of the same id
@@ -494,6 +511,16 @@ fn run_worker(
                             replies: frames.len() as u32,
                         });
                         frames
+                    }
+                    // Its memory is gone with a post-copy source that died: not the
+                    // application's failure, and its client recovers the worker.
+                    Err(e) if matches!(e.failure(), Some(Failure::StateLost { .. })) => {
+                        tracing::warn!(seq, "the worker's state is lost: {e}");
+                        vec![Frame::Error {
+                            code: ErrorCode::StateLost,
+                            worker: Some(id),
+                            message: format!("message {seq} was not handled: {e}"),
+                        }]
                     }
                     Err(e) => {
                         tracing::warn!(seq, "message failed: {e}");

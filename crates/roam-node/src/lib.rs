@@ -42,5 +42,5 @@ mod transfer;
 
 pub use chunks::DEFAULT_CHUNK_STORE_BYTES;
 pub use config::{NodeConfig, NodeRole, DEV_CLUSTER_KEY};
-pub use precopy::PrecopySettings;
+pub use precopy::{PostCopyUse, PrecopySettings};
 pub use server::{run, ServeError};

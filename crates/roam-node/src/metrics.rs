@@ -54,6 +54,10 @@ pub(crate) struct Metrics {
     chunks_reused: AtomicU64,
     /// Copies of workers' state sent to their clients.
     checkpoints: AtomicU64,
+    /// Workers received post-copy (run before their memory had arrived), and the chunks
+    /// their code touched before the stream brought them.
+    post_copy_moves: AtomicU64,
+    post_copy_requests: AtomicU64,
 }
 
 impl Metrics {
@@ -96,6 +100,13 @@ impl Metrics {
     /// Records a checkpoint a client took.
     pub(crate) fn record_checkpoint(&self) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a worker received post-copy, and the chunks it asked the source for.
+    pub(crate) fn observe_post_copy(&self, requests: u64) {
+        self.post_copy_moves.fetch_add(1, Ordering::Relaxed);
+        self.post_copy_requests
+            .fetch_add(requests, Ordering::Relaxed);
     }
 
     /// Records chunk bodies a transfer took from this node's store instead of the wire.
@@ -197,7 +208,7 @@ impl Metrics {
             "roam_message_duration_seconds_count {}",
             load(&self.duration_count)
         );
-        let series: [(&str, &str, &str, f64); 6] = [
+        let series: [(&str, &str, &str, f64); 8] = [
             (
                 "roam_precopy_rounds_total",
                 "Pre-copy rounds sent while the worker ran.",
@@ -227,6 +238,18 @@ impl Metrics {
                 "Chunk bodies transfers did not ask for because this node held them.",
                 "",
                 load(&self.chunks_reused) as f64,
+            ),
+            (
+                "roam_post_copy_moves_total",
+                "Workers received post-copy: run before every chunk of their memory had arrived.",
+                "",
+                load(&self.post_copy_moves) as f64,
+            ),
+            (
+                "roam_post_copy_requests_total",
+                "Chunks post-copy workers touched before they arrived, asked of their source.",
+                "",
+                load(&self.post_copy_requests) as f64,
             ),
             (
                 "roam_checkpoints_total",

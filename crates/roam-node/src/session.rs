@@ -19,12 +19,12 @@ use tracing::Instrument;
 use crate::hosting::{owner_of, AttachError, BeginMoveError, PostError, Sink};
 use crate::link::{connect, ConnectError, Link, LinkError, ServerWire, Wire};
 use crate::metrics::MoveKind;
-use crate::precopy::{send_live, Live, PrecopyError, PrecopyReport};
+use crate::precopy::{send_live, Live, PostCopyUse, PrecopyError, PrecopyReport, PrecopySettings};
 use crate::server::until_stopped;
 use crate::server::Node;
 use crate::transfer::{
-    now_unix_ms, receive_state, send_state, Begin, Package, ReceiveContext, ReceiveStateError,
-    SendStateError,
+    now_unix_ms, receive_resumable, receive_state, send_state, Begin, Package, ReceiveContext,
+    ReceiveStateError, Received, SendStateError,
 };
 
 /// How long a move token stays valid.
@@ -229,6 +229,9 @@ async fn handle(
         | Event::ModuleData { .. }
         | Event::ChunkData { .. }
         | Event::StateRound { .. }
+        | Event::StateResumable { .. }
+        | Event::StateResumed { .. }
+        | Event::ChunkWant { .. }
         | Event::TransferComplete { .. }
         | Event::StateNeed { .. }
         | Event::StateAdopted { .. }
@@ -261,8 +264,15 @@ async fn receive_worker(
         frame_limits: node.config.frame_limits,
         token: from_node.then(|| (node.config.token_key(), node.config.public_url.as_str())),
     };
-    let arrived = match receive_state(link, begin, &ctx).await {
-        Ok(arrived) => arrived,
+    let arrived = match receive_resumable(link, begin, &ctx, &node.hosting).await {
+        Ok(Received::Arrived(arrived)) => arrived,
+        Ok(Received::Resumed { last_seq, bodies }) => {
+            tracing::info!(last_seq, "worker adopted: every chunk is in");
+            count_offload(node, from_node, true);
+            link.send(Frame::StateAdopted { worker, last_seq }).await?;
+            node.chunks.put(&bodies);
+            return Ok(());
+        }
         Err(ReceiveStateError::Link(e)) => {
             count_offload(node, from_node, false);
             return Err(e);
@@ -406,7 +416,13 @@ async fn return_worker(
             worker,
             chunks: &node.chunks,
         };
-        let result = send_live(link, &live, None, &node.config.precopy).await;
+        // A client or the cloud taking the worker back restores it once every body is in:
+        // neither hosts a worker whose memory is still arriving.
+        let settings = PrecopySettings {
+            post_copy: PostCopyUse::Never,
+            ..node.config.precopy
+        };
+        let result = send_live(link, &live, None, &settings, &mut |_| {}).await;
         let started = !matches!(
             result,
             Err(PrecopyError::Capture(
@@ -566,6 +582,7 @@ async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: S
                 live_bytes = report.live_bytes,
                 paused_bytes = report.paused_bytes,
                 paused_ms = report.paused.as_secs_f64() * 1e3,
+                post_copy = report.post_copy,
                 "handoff done"
             );
             node.metrics.observe_precopy(
@@ -614,13 +631,47 @@ async fn forward_live(
         worker,
         chunks: &node.chunks,
     };
-    let result = send_live(&mut link, &live, Some(token), &node.config.precopy).await;
+    // Post-copy: the client goes to the destination as soon as the worker runs there,
+    // while its memory still arrives; the worker stays paused here until then.
+    let mut resumed = None;
+    let tell = |resumed: &mut Option<u64>, last_seq: u64| {
+        if resumed.is_none() {
+            *resumed = Some(last_seq);
+            let _ = sink.send(Frame::Moved {
+                worker,
+                destination: destination.to_string(),
+                last_seq,
+            });
+        }
+    };
+    let mut result = send_live(
+        &mut link,
+        &live,
+        Some(token),
+        &node.config.precopy,
+        &mut |last_seq| {
+            tracing::info!(last_seq, "the worker runs at the destination, post-copy");
+            tell(&mut resumed, last_seq);
+        },
+    )
+    .await;
     if let Ok((last_seq, _)) = &result {
-        let _ = sink.send(Frame::Moved {
-            worker,
-            destination: destination.to_string(),
-            last_seq: *last_seq,
-        });
+        tell(&mut resumed, *last_seq);
+    }
+    if let (Err(e), Some(last_seq)) = (&result, resumed) {
+        // The client went to the destination already, and the destination's copy is
+        // incomplete: it fails there with StateLost and its client recovers it. Resuming
+        // it here too would run it twice.
+        tracing::warn!(
+            "the post-copy transfer failed after the worker ran at the destination: {e}"
+        );
+        result = Ok((
+            last_seq,
+            PrecopyReport {
+                post_copy: true,
+                ..PrecopyReport::default()
+            },
+        ));
     }
     // A worker that never started a pre-copy (unknown, already moving) is not touched.
     if !matches!(

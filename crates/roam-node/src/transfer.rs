@@ -13,12 +13,14 @@ use roam_proto::{
     ChunkHash, ErrorCode, Event, Frame, FrameLimits, ModuleHash, MoveToken, ProtocolError,
     TokenError, WorkerId,
 };
-use roam_runtime::{LoadError, Runtime, WorkerModule};
+use roam_runtime::{LoadError, Pager, PostCopyRestoreError, Runtime, WorkerModule};
 use roam_snapshot::{ChunkBody, DecodeLimits, DecodeSnapshotError, Manifest, Snapshot};
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use crate::cache::ModuleCache;
 use crate::chunks::ChunkStore;
+use crate::hosting::Hosting;
 use crate::link::{Link, LinkError, Machine, Wire};
 use crate::metrics::Metrics;
 use crate::precopy::{await_answer, send_bodies, send_module, Answer};
@@ -284,6 +286,12 @@ pub(crate) enum ReceiveStateError {
     /// the module cache failed: {0}
     #[error("the module cache failed: {0}")]
     Cache(String),
+    /// the post-copy restore failed: {0}
+    #[error("the post-copy restore failed: {0}")]
+    PostCopy(String),
+    /// the worker could not be hosted: {0}
+    #[error("the worker could not be hosted: {0}")]
+    Host(String),
     /// the sender broke the protocol: {0}
     #[error("the sender broke the protocol: {0}")]
     Protocol(ProtocolError),
@@ -323,6 +331,8 @@ impl ReceiveStateError {
             }
             ReceiveStateError::Protocol(e) => e.code(),
             ReceiveStateError::Abandoned { code, .. } => *code,
+            ReceiveStateError::PostCopy(_) => ErrorCode::SnapshotRefused,
+            ReceiveStateError::Host(_) => ErrorCode::Unauthorized,
             ReceiveStateError::Cache(_)
             | ReceiveStateError::Timeout(_)
             | ReceiveStateError::Link(_) => ErrorCode::Internal,
@@ -365,8 +375,54 @@ pub(crate) async fn receive_state<W: Wire, M: Machine>(
     begin: Begin,
     ctx: &ReceiveContext<'_>,
 ) -> Result<Arrived, ReceiveStateError> {
+    match receive_any(link, begin, ctx, None).await? {
+        Received::Arrived(arrived) => Ok(arrived),
+        Received::Resumed { .. } => unreachable!("no worker resumes without a hosting"),
+    }
+}
+
+/// What a transfer that may run post-copy ended with.
+pub(crate) enum Received {
+    /// Every body arrived before the worker ran: restore and host it.
+    Arrived(Arrived),
+    /// The worker was restored post-copy and hosted during the transfer (StateResumed
+    /// sent); every body has arrived since. Send StateAdopted.
+    Resumed {
+        /// The last message its state had handled.
+        last_seq: u64,
+        /// The bodies of its state, for the chunk store.
+        bodies: Vec<ChunkBody>,
+    },
+}
+
+/// As [`receive_state`], but when the sender says the state is final (StateResumable,
+/// version 4) and userfaultfd is available, the worker is restored post-copy and hosted in
+/// `hosting` as soon as the module is in: StateResumed goes out, chunks its code touches
+/// are asked for with ChunkWant, and the rest streams in behind. If the transfer fails
+/// after that, the worker's state is lost: its next message fails with `StateLost`, which
+/// tells its client to recover it.
+pub(crate) async fn receive_resumable<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    begin: Begin,
+    ctx: &ReceiveContext<'_>,
+    hosting: &Arc<Hosting>,
+) -> Result<Received, ReceiveStateError> {
+    receive_any(link, begin, ctx, Some(hosting)).await
+}
+
+async fn receive_any<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    begin: Begin,
+    ctx: &ReceiveContext<'_>,
+    hosting: Option<&Arc<Hosting>>,
+) -> Result<Received, ReceiveStateError> {
     let worker = begin.worker;
-    let result = receive_inner(link, begin, ctx).await;
+    let mut pager = None;
+    let result = receive_inner(link, begin, ctx, hosting, &mut pager).await;
+    if let (Err(e), Some(pager)) = (&result, &pager) {
+        tracing::warn!("worker {worker:032x} ran post-copy and its state is lost: {e}");
+        pager.abandon(&format!("its transfer failed: {e}"));
+    }
     if let Err(e) = &result {
         tracing::info!("refusing the state of worker {worker:032x}: {e}");
         if e.needs_answer() {
@@ -382,11 +438,101 @@ pub(crate) async fn receive_state<W: Wire, M: Machine>(
     result
 }
 
+/// The worker of a transfer that runs post-copy.
+struct Running {
+    pager: Pager,
+    /// Chunks its code touched that have not arrived, from the runtime's fault thread.
+    wants: mpsc::UnboundedReceiver<ChunkHash>,
+    last_seq: u64,
+}
+
+/// The next chunk the running worker waits for; never, when none runs.
+async fn next_want(running: &mut Option<Running>) -> Option<ChunkHash> {
+    match running {
+        Some(running) => running.wants.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads module bytes (a compile, or the engine's cache) and checks the result names the
+/// module StateBegin named.
+async fn load_module(
+    runtime: &Runtime,
+    bytes: Vec<u8>,
+    expected: &ModuleHash,
+) -> Result<Arc<WorkerModule>, ReceiveStateError> {
+    let runtime = runtime.clone();
+    let module = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        .await
+        .map_err(|e| ReceiveStateError::Cache(e.to_string()))??;
+    if module.hash() != expected {
+        // Only bytes that were not prepared hash differently once prepared.
+        return Err(ReceiveStateError::ModuleMismatch {
+            expected: hex::encode(expected),
+            found: hex::encode(module.hash()),
+        });
+    }
+    Ok(module)
+}
+
+/// Restores the worker post-copy from the bodies at hand and hosts it. `Ok(None)` when
+/// post-copy is not available here: the transfer goes on and restores eagerly.
+async fn resume(
+    hosting: &Arc<Hosting>,
+    begin: &Begin,
+    module: Arc<WorkerModule>,
+    manifest: &Manifest,
+    bodies: &HashMap<ChunkHash, ChunkBody>,
+) -> Result<Option<Running>, ReceiveStateError> {
+    if let Err(why) = roam_runtime::post_copy_available() {
+        tracing::info!(
+            "post-copy is not available here ({why}): the worker runs once every chunk is in"
+        );
+        return Ok(None);
+    }
+    let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+    let hot: Vec<ChunkBody> = bodies
+        .values()
+        .filter(|b| used.contains(&b.hash()))
+        .cloned()
+        .collect();
+    let (wanted, wants) = mpsc::unbounded_channel();
+    let runtime = hosting.runtime().clone();
+    let (restore_module, manifest) = (module.clone(), manifest.clone());
+    let restored = tokio::task::spawn_blocking(move || {
+        runtime.restore_post_copy(&restore_module, &manifest, &hot, move |hash| {
+            let _ = wanted.send(hash);
+        })
+    })
+    .await
+    .map_err(|e| ReceiveStateError::Cache(e.to_string()))?;
+    let (restored, pager) = match restored {
+        Ok(pair) => pair,
+        Err(PostCopyRestoreError::Unavailable(why)) => {
+            tracing::info!(
+                "post-copy is not available here ({why}): the worker runs once every chunk is in"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(ReceiveStateError::PostCopy(e.to_string())),
+    };
+    let last_seq = hosting
+        .adopt_running(begin.worker, begin.owner, module, restored)
+        .map_err(|e| ReceiveStateError::Host(e.to_string()))?;
+    Ok(Some(Running {
+        pager,
+        wants,
+        last_seq,
+    }))
+}
+
 async fn receive_inner<W: Wire, M: Machine>(
     link: &mut Link<W, M>,
     begin: Begin,
     ctx: &ReceiveContext<'_>,
-) -> Result<Arrived, ReceiveStateError> {
+    hosting: Option<&Arc<Hosting>>,
+    pager: &mut Option<Pager>,
+) -> Result<Received, ReceiveStateError> {
     let worker = begin.worker;
     if let Some((key, own_url)) = ctx.token {
         let token = begin
@@ -452,10 +598,48 @@ async fn receive_inner<W: Wire, M: Machine>(
     let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
 
     let mut received_module = Vec::new();
+    // Post-copy: whether the sender said the state is final, and the worker once it runs.
+    let mut resumable = false;
+    let mut running: Option<Running> = None;
     loop {
-        let frame = tokio::time::timeout(PEER_TIMEOUT, link.next_frame())
-            .await
-            .map_err(|_| ReceiveStateError::Timeout(PEER_TIMEOUT))??;
+        if resumable && running.is_none() {
+            if let (Some(hosting), Some(bytes)) = (hosting, &module_bytes) {
+                let module = load_module(ctx.runtime, bytes.clone(), &begin.module_hash).await?;
+                running = resume(hosting, &begin, module, &manifest, &bodies).await?;
+                resumable = false;
+                if let Some(run) = &running {
+                    *pager = Some(run.pager.clone());
+                    tracing::info!(
+                        last_seq = run.last_seq,
+                        missing = run.pager.missing().len(),
+                        "the worker runs post-copy"
+                    );
+                    link.send(Frame::StateResumed {
+                        worker,
+                        last_seq: run.last_seq,
+                    })
+                    .await?;
+                }
+            }
+        }
+        let frame = tokio::select! {
+            biased;
+            Some(first) = next_want(&mut running) => {
+                let run = running.as_mut().expect("a want comes from a running worker");
+                let mut chunks = vec![first];
+                while let Ok(hash) = run.wants.try_recv() {
+                    chunks.push(hash);
+                }
+                chunks.retain(|hash| !bodies.contains_key(hash));
+                // Until StateEnd (which ends this loop) bodies are due: a want is valid.
+                if !chunks.is_empty() {
+                    link.send(Frame::ChunkWant { worker, chunks }).await?;
+                }
+                continue;
+            }
+            frame = tokio::time::timeout(PEER_TIMEOUT, link.next_frame()) => frame
+                .map_err(|_| ReceiveStateError::Timeout(PEER_TIMEOUT))??,
+        };
         match link.machine.on_frame(&frame) {
             Ok(Event::ModuleData {
                 bytes, complete, ..
@@ -478,9 +662,15 @@ async fn receive_inner<W: Wire, M: Machine>(
             Ok(Event::ChunkData { bodies: data, .. }) => {
                 for encoded in data {
                     let body = ChunkBody::decode(encoded).map_err(ReceiveStateError::Chunk)?;
+                    if let Some(run) = &running {
+                        run.pager
+                            .supply(&body)
+                            .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
+                    }
                     bodies.insert(body.hash(), body);
                 }
             }
+            Ok(Event::StateResumable { .. }) => resumable = true,
             Ok(Event::StateRound {
                 bodies: announced,
                 manifest: bytes,
@@ -534,6 +724,21 @@ async fn receive_inner<W: Wire, M: Machine>(
         .into_values()
         .filter(|b| used.contains(&b.hash()))
         .collect();
+    if let Some(run) = running {
+        // Every body was sent before StateEnd, so the memory is complete.
+        let check = run.pager.clone();
+        tokio::task::spawn_blocking(move || check.wait_complete(Duration::from_secs(5)))
+            .await
+            .map_err(|e| ReceiveStateError::Cache(e.to_string()))?
+            .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
+        let stats = run.pager.stats();
+        tracing::info!(?stats, "the worker's memory is complete");
+        ctx.metrics.observe_post_copy(stats.requests);
+        return Ok(Received::Resumed {
+            last_seq: run.last_seq,
+            bodies,
+        });
+    }
     let module_bytes = match module_bytes {
         Some(bytes) => bytes,
         // The module was asked for and the state machine saw all of it; an empty module
@@ -541,20 +746,10 @@ async fn receive_inner<W: Wire, M: Machine>(
         None => received_module,
     };
     let snapshot = Snapshot::from_parts(manifest, bodies).map_err(ReceiveStateError::Parts)?;
-    let runtime = ctx.runtime.clone();
-    let module = tokio::task::spawn_blocking(move || runtime.load(&module_bytes))
-        .await
-        .map_err(|e| ReceiveStateError::Cache(e.to_string()))??;
-    if *module.hash() != begin.module_hash {
-        // Only bytes that were not prepared hash differently once prepared.
-        return Err(ReceiveStateError::ModuleMismatch {
-            expected: hex::encode(begin.module_hash),
-            found: hex::encode(module.hash()),
-        });
-    }
-    Ok(Arrived {
+    let module = load_module(ctx.runtime, module_bytes, &begin.module_hash).await?;
+    Ok(Received::Arrived(Arrived {
         owner: begin.owner,
         module,
         snapshot,
-    })
+    }))
 }

@@ -96,6 +96,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The node failed in a way that is not the peer's fault (13).
     Internal,
+    /// The worker's state was lost on this node: it ran post-copy and its source went
+    /// away before every chunk arrived. Its client recovers it from its recovery point (14).
+    StateLost,
     /// A code this version does not know.
     Other(u16),
 }
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::Busy => 11,
             ErrorCode::ShuttingDown => 12,
             ErrorCode::Internal => 13,
+            ErrorCode::StateLost => 14,
             ErrorCode::Other(code) => code,
         }
     }
@@ -137,6 +141,7 @@ impl ErrorCode {
             11 => ErrorCode::Busy,
             12 => ErrorCode::ShuttingDown,
             13 => ErrorCode::Internal,
+            14 => ErrorCode::StateLost,
             other => ErrorCode::Other(other),
         }
     }
@@ -158,6 +163,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::Internal => "internal error",
+            ErrorCode::StateLost => "state lost",
             ErrorCode::Other(code) => return write!(f, "error code {code}"),
         };
         f.write_str(name)

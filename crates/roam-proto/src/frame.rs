@@ -140,6 +140,13 @@ frame_types! {
     StateAdopted = 0x15,
     /// A newer manifest of the worker moving, during pre-copy (version 2).
     StateRound = 0x16,
+    /// The last manifest of the transfer is final: the receiver may run the worker before
+    /// the bodies still due arrive (post-copy, version 4).
+    StateResumable = 0x17,
+    /// The receiver runs the worker while bodies still arrive (post-copy, version 4).
+    StateResumed = 0x18,
+    /// The receiver's worker touched these chunks: send their bodies first (version 4).
+    ChunkWant = 0x19,
     /// A client proves it owns a worker.
     Attach = 0x20,
     /// The node accepted an Attach.
@@ -281,6 +288,30 @@ pub enum Frame {
         bodies: u32,
         /// The manifest (`roam_snapshot::Manifest::encode`), opaque here.
         manifest: Vec<u8>,
+    },
+    /// The last manifest sent is final: no StateRound follows, and the receiver may run
+    /// the worker before the bodies still due arrive, asking for the ones it touches with
+    /// ChunkWant (sender → receiver, version 4: post-copy).
+    StateResumable {
+        /// The worker moving.
+        worker: WorkerId,
+    },
+    /// The receiver runs the worker although bodies are still due; it asks for the ones
+    /// the worker touches with ChunkWant, and sends StateAdopted once it holds them all.
+    /// The sender keeps the state until then (receiver → sender, version 4).
+    StateResumed {
+        /// The worker moving.
+        worker: WorkerId,
+        /// The last message the state had handled: messages after it go to the receiver.
+        last_seq: u64,
+    },
+    /// Bodies the receiver's running worker waits for: the sender sends them ahead of the
+    /// others still due (receiver → sender, after StateResumed, version 4).
+    ChunkWant {
+        /// The worker moving.
+        worker: WorkerId,
+        /// Chunk hashes, each one the receiver was promised and has not received.
+        chunks: Vec<ChunkHash>,
     },
     /// The receiver restored the worker and runs it now (receiver → sender).
     StateAdopted {
@@ -426,6 +457,9 @@ impl Frame {
             Frame::StateEnd { .. } => FrameType::StateEnd,
             Frame::StateAdopted { .. } => FrameType::StateAdopted,
             Frame::StateRound { .. } => FrameType::StateRound,
+            Frame::StateResumable { .. } => FrameType::StateResumable,
+            Frame::StateResumed { .. } => FrameType::StateResumed,
+            Frame::ChunkWant { .. } => FrameType::ChunkWant,
             Frame::Attach { .. } => FrameType::Attach,
             Frame::Attached { .. } => FrameType::Attached,
             Frame::Post { .. } => FrameType::Post,
@@ -460,6 +494,9 @@ impl Frame {
             | Frame::ChunkData { worker, .. }
             | Frame::StateEnd { worker }
             | Frame::StateRound { worker, .. }
+            | Frame::StateResumable { worker }
+            | Frame::StateResumed { worker, .. }
+            | Frame::ChunkWant { worker, .. }
             | Frame::StateAdopted { worker, .. }
             | Frame::Attach { worker, .. }
             | Frame::Attached { worker, .. }
@@ -572,6 +609,13 @@ impl Frame {
                     out.put_u128(*chunk);
                 }
             }
+            Frame::ChunkWant { worker, chunks } => {
+                out.put_u128(*worker);
+                out.put_count(chunks.len());
+                for chunk in chunks {
+                    out.put_u128(*chunk);
+                }
+            }
             Frame::ModuleData {
                 module_hash,
                 offset,
@@ -589,6 +633,7 @@ impl Frame {
                 }
             }
             Frame::StateEnd { worker }
+            | Frame::StateResumable { worker }
             | Frame::Return { worker }
             | Frame::Checkpoint { worker } => out.put_u128(*worker),
             Frame::StateRound {
@@ -601,6 +646,7 @@ impl Frame {
                 out.put_blob(manifest);
             }
             Frame::StateAdopted { worker, last_seq }
+            | Frame::StateResumed { worker, last_seq }
             | Frame::Attached { worker, last_seq }
             | Frame::Release { worker, last_seq } => {
                 out.put_u128(*worker);
@@ -876,6 +922,20 @@ fn decode_body(
             worker: r.u128()?,
             last_seq: r.u64()?,
         },
+        FrameType::StateResumable => Frame::StateResumable { worker: r.u128()? },
+        FrameType::StateResumed => Frame::StateResumed {
+            worker: r.u128()?,
+            last_seq: r.u64()?,
+        },
+        FrameType::ChunkWant => {
+            let worker = r.u128()?;
+            let count = r.count(16, limits.max_items)?;
+            let mut chunks = Vec::with_capacity(count);
+            for _ in 0..count {
+                chunks.push(r.u128()?);
+            }
+            Frame::ChunkWant { worker, chunks }
+        }
         FrameType::Attach => Frame::Attach {
             worker: r.u128()?,
             secret: r.bytes32()?,

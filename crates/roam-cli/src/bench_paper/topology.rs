@@ -68,11 +68,17 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `roam serve` with `args`, listening on `addr`, and waits for its start line.
     pub fn start(roam: &Path, addr: SocketAddr, data_dir: &Path, args: &[String]) -> Result<Self> {
-        let child = Command::new(roam)
+        let mut command = Command::new(roam);
+        command
             .arg("serve")
             .args(["--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
-            .args(args)
+            .args(args);
+        // ROAM_BENCH_POST_COPY=never|always|auto: the nodes' `--post-copy`, to compare.
+        if let Ok(when) = std::env::var("ROAM_BENCH_POST_COPY") {
+            command.args(["--post-copy", &when]);
+        }
+        let child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -6,5 +6,6 @@ mod checkpoint;
 mod large;
 mod lifecycle;
 mod moves;
+mod postcopy;
 mod precopy;
 mod support;

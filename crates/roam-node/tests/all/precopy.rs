@@ -6,11 +6,11 @@ use roam_proto::{Frame, WorkerId};
 
 use crate::support::{Client, LocalWorker, TestNode};
 
-const FILLER: &str = include_str!("fixtures/filler.wat");
+pub const FILLER: &str = include_str!("fixtures/filler.wat");
 /// 16 MiB of memory.
-const PAGES: u32 = 256;
+pub const PAGES: u32 = 256;
 
-fn filler(pages: u32, percent: u32, seed: u32) -> Vec<u8> {
+pub fn filler(pages: u32, percent: u32, seed: u32) -> Vec<u8> {
     [pages, percent, seed]
         .iter()
         .flat_map(|v| v.to_le_bytes())
@@ -76,7 +76,7 @@ async fn handoff_while_posting(
     }
 }
 
-fn metric(metrics: &str, series: &str) -> f64 {
+pub fn metric(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())

@@ -254,6 +254,10 @@ impl ClientSession {
                     Frame::StateRound { worker, .. } => {
                         *worker == incoming.worker && self.version.is_some_and(|v| v >= 2)
                     }
+                    // Post-copy is version 4.
+                    Frame::StateResumable { worker } => {
+                        *worker == incoming.worker && self.version.is_some_and(|v| v >= 4)
+                    }
                     _ => false,
                 };
                 if !ours {
@@ -342,6 +346,8 @@ impl ClientSession {
     pub fn on_send(&mut self, frame: &Frame) -> Result<(), SendFrameError> {
         // Pre-copy rounds are version 2.
         let rounds = self.version.is_some_and(|v| v >= 2);
+        // Post-copy is version 4.
+        let post_copy = self.version.is_some_and(|v| v >= 4);
         let state_name = self.state.name();
         let not_valid = || SendFrameError::NotValid {
             frame: frame.name(),
@@ -416,8 +422,20 @@ impl ClientSession {
                     Frame::ModuleData { .. } | Frame::ChunkData { .. } | Frame::StateRound { .. },
                     SendStage::Sending,
                 ) => Ok(()),
+                (Frame::StateResumable { .. }, SendStage::Sending) if post_copy => {
+                    *stage = SendStage::SendingResumable;
+                    Ok(())
+                }
+                (
+                    Frame::ModuleData { .. } | Frame::ChunkData { .. },
+                    SendStage::SendingResumable,
+                ) => Ok(()),
                 (Frame::StateEnd { .. }, SendStage::Sending) => {
                     *stage = SendStage::AwaitAdopted;
+                    Ok(())
+                }
+                (Frame::StateEnd { .. }, SendStage::SendingResumable) => {
+                    *stage = SendStage::AwaitAdoptedResumable;
                     Ok(())
                 }
                 _ => Err(not_valid()),
@@ -428,6 +446,8 @@ impl ClientSession {
                 {
                     Ok(())
                 }
+                Frame::StateResumed { .. } if incoming.sent_resumed() => Ok(()),
+                Frame::ChunkWant { .. } if incoming.may_want() => Ok(()),
                 Frame::StateAdopted { worker, .. } if incoming.stage == ReceiveStage::Restoring => {
                     // The worker runs here now; the node drops its copy at StateAdopted.
                     self.attached.remove(worker);

@@ -101,6 +101,27 @@ pub enum Event<'f> {
         /// The manifest bytes.
         manifest: &'f [u8],
     },
+    /// The sender's last manifest is final: this side may run the worker before the
+    /// bodies still due arrive (post-copy), then send StateResumed.
+    StateResumable {
+        /// The worker moving.
+        worker: WorkerId,
+    },
+    /// The receiver of this side's transfer runs the worker already: its client may use
+    /// it there; keep the state and answer ChunkWant until StateAdopted.
+    StateResumed {
+        /// The worker moving.
+        worker: WorkerId,
+        /// The last message the state had handled.
+        last_seq: u64,
+    },
+    /// The receiver's running worker waits for these bodies: send them next.
+    ChunkWant {
+        /// The worker moving.
+        worker: WorkerId,
+        /// The chunks wanted.
+        chunks: &'f [ChunkHash],
+    },
     /// Everything asked for arrived: restore the worker, then send StateAdopted (or an
     /// Error).
     TransferComplete {

@@ -40,6 +40,11 @@ pub struct Incoming {
     pub module_len: u32,
     /// How far the transfer has come.
     pub stage: ReceiveStage,
+    /// Whether the sender said the last manifest is final and the worker may run before
+    /// the bodies arrive (StateResumable, version 4).
+    pub resumable: bool,
+    /// Whether this side runs the worker already (StateResumed sent).
+    pub resumed: bool,
 }
 
 impl Incoming {
@@ -49,7 +54,25 @@ impl Incoming {
             module_hash,
             module_len,
             stage: ReceiveStage::Deciding,
+            resumable: false,
+            resumed: false,
         }
+    }
+
+    /// Records this side's StateResumed; false if it may not be sent now: only after the
+    /// sender's StateResumable, once the module is in and before StateEnd, and only once.
+    pub(crate) fn sent_resumed(&mut self) -> bool {
+        if self.resumable && !self.resumed && matches!(self.stage, ReceiveStage::Chunks { .. }) {
+            self.resumed = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether this side may send a ChunkWant: its worker runs and bodies are still due.
+    pub(crate) fn may_want(&self) -> bool {
+        self.resumed && matches!(self.stage, ReceiveStage::Chunks { .. })
     }
 
     /// The state's name for messages.
@@ -87,7 +110,7 @@ impl Incoming {
         true
     }
 
-    /// Takes a ModuleData, ChunkData, StateRound or StateEnd of this transfer. A refusal aborts the
+    /// Takes a ModuleData, ChunkData, StateRound, StateResumable or StateEnd of this transfer. A refusal aborts the
     /// transfer; the caller drops it.
     pub(crate) fn receive<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
         let worker = self.worker;
@@ -166,7 +189,7 @@ impl Incoming {
                     bodies, manifest, ..
                 },
                 ReceiveStage::Chunks { remaining: 0 },
-            ) => {
+            ) if !self.resumable => {
                 self.stage = ReceiveStage::Chunks {
                     remaining: u64::from(*bodies),
                 };
@@ -175,6 +198,13 @@ impl Incoming {
                     bodies: *bodies,
                     manifest,
                 })
+            }
+            (
+                Frame::StateResumable { .. },
+                ReceiveStage::Module { .. } | ReceiveStage::Chunks { .. },
+            ) if !self.resumable => {
+                self.resumable = true;
+                Ok(Event::StateResumable { worker })
             }
             (Frame::StateEnd { .. }, ReceiveStage::Module { received, .. }) => {
                 Err(ProtocolError::ModuleIncomplete {
@@ -205,13 +235,21 @@ pub enum SendStage {
     AwaitNeed,
     /// StateNeed arrived; this side sends what it asked for, then StateEnd.
     Sending,
+    /// StateResumable sent (version 4): this side sends the bodies still due, those the
+    /// receiver wants first, then StateEnd; the receiver may say StateResumed meanwhile.
+    SendingResumable,
     /// StateEnd sent; waiting for StateAdopted.
     AwaitAdopted,
+    /// StateEnd sent after StateResumable: waiting for StateAdopted, which the receiver
+    /// sends once it holds every body (a StateResumed or ChunkWant that crossed StateEnd
+    /// may still come).
+    AwaitAdoptedResumable,
 }
 
 impl SendStage {
     /// Takes a frame the receiver of `worker`'s state sent to this side, the sender:
-    /// StateNeed while awaiting it (the stage moves on to Sending), StateAdopted at the end.
+    /// StateNeed while awaiting it (the stage moves on to Sending), StateAdopted at the end,
+    /// and after StateResumable also StateResumed and ChunkWant.
     /// `None` when the frame is not valid at this stage.
     pub(crate) fn receive<'f>(&mut self, worker: WorkerId, frame: &'f Frame) -> Option<Event<'f>> {
         match (frame, *self) {
@@ -235,11 +273,25 @@ impl SendStage {
                     worker: w,
                     last_seq,
                 },
-                SendStage::AwaitAdopted,
+                SendStage::AwaitAdopted | SendStage::AwaitAdoptedResumable,
             ) if *w == worker => Some(Event::StateAdopted {
                 worker,
                 last_seq: *last_seq,
             }),
+            (
+                Frame::StateResumed {
+                    worker: w,
+                    last_seq,
+                },
+                SendStage::SendingResumable | SendStage::AwaitAdoptedResumable,
+            ) if *w == worker => Some(Event::StateResumed {
+                worker,
+                last_seq: *last_seq,
+            }),
+            (
+                Frame::ChunkWant { worker: w, chunks },
+                SendStage::SendingResumable | SendStage::AwaitAdoptedResumable,
+            ) if *w == worker => Some(Event::ChunkWant { worker, chunks }),
             _ => None,
         }
     }
@@ -249,7 +301,9 @@ impl SendStage {
             SendStage::Preparing => "SendingState(Preparing)",
             SendStage::AwaitNeed => "SendingState(AwaitNeed)",
             SendStage::Sending => "SendingState(Sending)",
+            SendStage::SendingResumable => "SendingState(SendingResumable)",
             SendStage::AwaitAdopted => "SendingState(AwaitAdopted)",
+            SendStage::AwaitAdoptedResumable => "SendingState(AwaitAdoptedResumable)",
         }
     }
 }

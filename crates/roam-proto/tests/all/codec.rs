@@ -55,6 +55,9 @@ fn type_bytes_match_the_protocol_document() {
         (FrameType::StateBegin, 0x10),
         (FrameType::StateAdopted, 0x15),
         (FrameType::StateRound, 0x16),
+        (FrameType::StateResumable, 0x17),
+        (FrameType::StateResumed, 0x18),
+        (FrameType::ChunkWant, 0x19),
         (FrameType::Attach, 0x20),
         (FrameType::WorkerFailed, 0x25),
         (FrameType::MoveOut, 0x30),
@@ -67,7 +70,7 @@ fn type_bytes_match_the_protocol_document() {
         assert_eq!(ty as u8, byte, "{}", ty.name());
         assert_eq!(FrameType::from_u8(byte), Some(ty));
     }
-    assert_eq!(FrameType::ALL.len(), 29);
+    assert_eq!(FrameType::ALL.len(), 32);
 }
 
 #[test]
@@ -258,7 +261,7 @@ fn counts_larger_than_the_input_are_refused_before_allocation() {
 
 #[test]
 fn unknown_types_flags_and_reserved_bits_are_refused() {
-    for ty in [0x00, 0x07, 0x0F, 0x17, 0x26, 0x36, 0x44, 0xFF] {
+    for ty in [0x00, 0x07, 0x0F, 0x1A, 0x26, 0x36, 0x44, 0xFF] {
         assert_eq!(
             Frame::decode(&framed(ty, &[]), &limits()),
             Err(DecodeFrameError::UnknownType { frame_type: ty })
@@ -415,6 +418,8 @@ fn error_codes_keep_their_numbers_and_unknown_ones_pass_through() {
     }
     assert_eq!(ErrorCode::from_u16(1), ErrorCode::UnsupportedVersion);
     assert_eq!(ErrorCode::from_u16(13), ErrorCode::Internal);
+    assert_eq!(ErrorCode::from_u16(14), ErrorCode::StateLost);
+    assert_eq!(ErrorCode::StateLost.to_u16(), 14);
     assert_eq!(ErrorCode::from_u16(999), ErrorCode::Other(999));
     let frame = Frame::Error {
         code: ErrorCode::Other(999),

@@ -118,6 +118,15 @@ pub fn samples() -> Vec<Frame> {
                 bodies: u32::MAX,
                 manifest: vec![0x5A; 300],
             },
+            Frame::StateResumable { worker: w },
+            Frame::StateResumed {
+                worker: w,
+                last_seq: n,
+            },
+            Frame::ChunkWant {
+                worker: w,
+                chunks: if n == 0 { vec![] } else { vec![w, 7] },
+            },
             Frame::StateAdopted {
                 worker: w,
                 last_seq: n,

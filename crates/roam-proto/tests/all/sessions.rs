@@ -862,3 +862,85 @@ fn a_checkpoint_sends_the_state_and_leaves_the_worker_attached() {
         .on_send(&Frame::Checkpoint { worker: W })
         .is_err());
 }
+
+#[test]
+fn a_post_copy_receiver_runs_the_worker_and_asks_for_chunks_until_state_end() {
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(0);
+    link.need(false, 3);
+    let resumed = Frame::StateResumed {
+        worker: W,
+        last_seq: 4,
+    };
+    let want = Frame::ChunkWant {
+        worker: W,
+        chunks: vec![2],
+    };
+    // Neither before the sender says the state is final.
+    assert!(link.node.on_send(&resumed).is_err());
+    assert!(link.node.on_send(&want).is_err());
+    link.send_to_node(&chunk_data(W, 1)).unwrap();
+    assert!(matches!(
+        link.send_to_node(&Frame::StateResumable { worker: W }),
+        Ok(Event::StateResumable { worker: W })
+    ));
+    // The state is final: no round may follow.
+    assert!(link.client.on_send(&state_round(W, 0)).is_err());
+    assert!(link.node.on_frame(&state_round(W, 0)).is_err());
+    assert_eq!(link.node.state(), &NodeState::Ready);
+
+    let mut link = Link::connected(NodeRole::Edge);
+    link.begin(0);
+    link.need(false, 3);
+    link.send_to_node(&Frame::StateResumable { worker: W })
+        .unwrap();
+    // A wants chunks only once its worker runs.
+    assert!(link.node.on_send(&want).is_err());
+    assert!(matches!(
+        link.send_to_client(&resumed),
+        Ok(Event::StateResumed {
+            worker: W,
+            last_seq: 4
+        })
+    ));
+    assert!(link.node.on_send(&resumed).is_err(), "StateResumed twice");
+    assert!(matches!(
+        link.send_to_client(&want),
+        Ok(Event::ChunkWant {
+            worker: W,
+            chunks: [2]
+        })
+    ));
+    link.send_to_node(&chunk_data(W, 3)).unwrap();
+    assert!(matches!(
+        link.send_to_node(&Frame::StateEnd { worker: W }),
+        Ok(Event::TransferComplete { worker: W })
+    ));
+    // Every body is in: no more wants, and StateAdopted ends the transfer.
+    assert!(link.node.on_send(&want).is_err());
+    assert!(matches!(
+        link.send_to_client(&Frame::StateAdopted {
+            worker: W,
+            last_seq: 4
+        }),
+        Ok(Event::StateAdopted { .. })
+    ));
+}
+
+#[test]
+fn post_copy_frames_are_refused_before_version_4() {
+    let mut link = Link::speaking(NodeRole::Edge, 3);
+    link.begin(0);
+    link.need(false, 1);
+    assert!(
+        link.client
+            .on_send(&Frame::StateResumable { worker: W })
+            .is_err(),
+        "a version-3 sender may not send StateResumable"
+    );
+    let err = link
+        .node
+        .on_frame(&Frame::StateResumable { worker: W })
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
+}
