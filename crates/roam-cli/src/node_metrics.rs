@@ -57,3 +57,63 @@ pub(crate) fn handler_totals(url: &str) -> Result<(f64, u64)> {
         value("roam_message_duration_seconds_count") as u64,
     ))
 }
+
+/// The value of the series `line_prefix` (name and labels, exactly as the node writes
+/// them), 0 when absent.
+fn series(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// When a handoff ends at its source: a post-copy handoff hands the client over
+/// (`Moved`) as soon as the destination runs the worker, and its memory arrives after.
+/// The source counts the handoff once the destination holds every chunk
+/// (`roam_moves_total{kind="handoff",outcome="ok"}`); a thread watches for that.
+pub(crate) struct HandoffWatch {
+    destination: String,
+    post_copy_before: u64,
+    done: std::thread::JoinHandle<Result<std::time::Instant>>,
+}
+
+const HANDOFFS_OK: &str = "roam_moves_total{kind=\"handoff\",outcome=\"ok\"}";
+const POST_COPY_MOVES: &str = "roam_post_copy_moves_total";
+
+impl HandoffWatch {
+    /// Starts watching `source` for its next successful handoff (to `destination`).
+    pub(crate) fn start(source: &str, destination: &str) -> Result<HandoffWatch> {
+        let before = series(&metrics(source)?, HANDOFFS_OK);
+        let post_copy_before = series(&metrics(destination)?, POST_COPY_MOVES);
+        let source = source.to_string();
+        let done = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                if series(&metrics(&source)?, HANDOFFS_OK) > before {
+                    return Ok(std::time::Instant::now());
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{source} did not finish the handoff within 120 s"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Ok(HandoffWatch {
+            destination: destination.to_string(),
+            post_copy_before,
+            done,
+        })
+    }
+
+    /// Waits for the handoff to end. `Some(when)` if it went post-copy (the destination
+    /// counted a post-copy move): the move's settle ends then, not at `Moved`.
+    pub(crate) fn post_copy_end(self) -> Result<Option<std::time::Instant>> {
+        let done = self
+            .done
+            .join()
+            .map_err(|_| anyhow::anyhow!("the handoff watch panicked"))??;
+        let post_copy =
+            series(&metrics(&self.destination)?, POST_COPY_MOVES) > self.post_copy_before;
+        Ok(post_copy.then_some(done))
+    }
+}

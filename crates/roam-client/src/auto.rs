@@ -405,6 +405,9 @@ impl AutoPlacer {
             longest_gap: Duration::ZERO,
         });
         let mode = match kind {
+            // Light messages: the worker runs on here while its state crosses, and the
+            // node catches up on them.
+            Some(roam_place::MoveKind::Offload) if handle.light_messages() => MoveMode::CatchUp,
             Some(roam_place::MoveKind::Offload) => self.offload_mode(now, to),
             _ => MoveMode::PreCopy,
         };

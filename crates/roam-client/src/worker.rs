@@ -233,6 +233,8 @@ pub struct WorkerHandle {
     finished: Option<Result<MoveReport, ClientError>>,
     /// When each message still in the log was posted, and its size.
     posted: VecDeque<(u64, Instant, u64)>,
+    /// The sizes of the last [`RECENT_MESSAGES`] messages posted.
+    recent_sizes: VecDeque<u64>,
     /// Reply bytes of the message after `delivered`, so far.
     reply_bytes: u64,
     /// What was seen of each message handled, for a placement policy; the oldest are
@@ -386,10 +388,20 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
 const CATCH_UP_STALLED: Duration = Duration::from_millis(250);
 
 /// Messages the worker handles here past the state sent in the last round; later ones
-/// wait for the node, as in a pause. Each one handled here is handled again by the node,
-/// and an application that posts as fast as the device answers would otherwise leave the
-/// node ever further behind.
-const CATCH_UP_MAX_AHEAD: u64 = 64;
+/// wait for the node, as in a pause. Each one handled here is handled again by the node
+/// (without its replies, on a version 4 node: a Replay), and an application that posts as
+/// fast as the device answers would otherwise leave the node ever further behind.
+const CATCH_UP_MAX_AHEAD: u64 = 1024;
+
+/// Bytes of messages the worker handles here past the state sent, at most: past them
+/// later messages wait for the node.
+const CATCH_UP_MAX_AHEAD_BYTES: u64 = 16 << 20;
+
+/// The mean message size up to which an offload catches up by default.
+pub const LIGHT_MESSAGE: u64 = 4096;
+
+/// Messages whose sizes [`WorkerHandle::light_messages`] averages.
+const RECENT_MESSAGES: usize = 64;
 
 /// Messages the node may still have to handle when the handle switches over to it. The
 /// node's replies take a round trip to come back, so a node exactly as fast as the device
@@ -484,6 +496,7 @@ impl WorkerHandle {
             offloading: None,
             finished: None,
             posted: VecDeque::new(),
+            recent_sizes: VecDeque::new(),
             reply_bytes: 0,
             observations: VecDeque::new(),
             deadline: None,
@@ -543,6 +556,10 @@ impl WorkerHandle {
         }
         self.posted
             .push_back((seq, Instant::now(), payload.len() as u64));
+        if self.recent_sizes.len() == RECENT_MESSAGES {
+            self.recent_sizes.pop_front();
+        }
+        self.recent_sizes.push_back(payload.len() as u64);
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
         self.drive_checkpoint();
@@ -580,9 +597,16 @@ impl WorkerHandle {
             return Ok(());
         };
         if self.offloading.as_ref().is_some_and(|o| o.paused)
-            || self
-                .kept_after()
-                .is_some_and(|kept| seq > kept + CATCH_UP_MAX_AHEAD)
+            || self.kept_after().is_some_and(|kept| {
+                seq > kept + CATCH_UP_MAX_AHEAD
+                    || self
+                        .log
+                        .iter()
+                        .filter(|(s, _)| *s > kept && *s <= seq)
+                        .map(|(_, m)| m.len() as u64)
+                        .sum::<u64>()
+                        > CATCH_UP_MAX_AHEAD_BYTES
+            })
         {
             // The last round is out (or the node has enough to catch up on): the message
             // waits in the log and goes to the node once it adopts the worker (or runs
@@ -679,10 +703,19 @@ impl WorkerHandle {
         let Some(catching_up) = &mut self.catching_up else {
             return Ok(());
         };
-        let frame = Frame::Post {
-            worker: id,
-            seq,
-            payload,
+        // Its replies were delivered from here: a version 4 node leaves them out.
+        let frame = if catching_up.conn.version().is_some_and(|v| v >= 4) {
+            Frame::Replay {
+                worker: id,
+                seq,
+                payload,
+            }
+        } else {
+            Frame::Post {
+                worker: id,
+                seq,
+                payload,
+            }
         };
         match catching_up.conn.send(&frame).await {
             Ok(()) => {
@@ -1239,8 +1272,28 @@ impl WorkerHandle {
     /// state has arrived; the outcome is then in
     /// [`take_move_result`](Self::take_move_result). Every other move completes before
     /// this returns, and its outcome waits there too.
+    ///
+    /// An offload of a worker whose messages are light ([`Self::light_messages`]) catches
+    /// up ([`MoveMode::CatchUp`]): the worker never pauses, and the node handles again the
+    /// few bytes of messages handled here meanwhile. Any other offload sends the state in
+    /// pre-copy rounds.
     pub async fn begin_move(&mut self, to: Place) -> Result<(), ClientError> {
-        self.begin_move_with(to, MoveMode::PreCopy).await
+        let mode = if self.light_messages() {
+            MoveMode::CatchUp
+        } else {
+            MoveMode::PreCopy
+        };
+        self.begin_move_with(to, mode).await
+    }
+
+    /// Whether the messages posted lately are light enough for an offload to catch up
+    /// rather than pause the worker: on average at most [`LIGHT_MESSAGE`] bytes (a
+    /// physics step, an input event), so that handling again at the node the messages
+    /// handled here during the transfer costs little on the uplink. False before any
+    /// message.
+    pub fn light_messages(&self) -> bool {
+        let count = self.recent_sizes.len() as u64;
+        count > 0 && self.recent_sizes.iter().sum::<u64>() / count <= LIGHT_MESSAGE
     }
 
     /// As [`begin_move`](Self::begin_move), with an offload's state sent as `mode` says.

@@ -25,7 +25,12 @@ pub(crate) type Sink = mpsc::UnboundedSender<Frame>;
 /// What a worker's thread is asked to do, in order.
 enum Command {
     /// Handle one message.
-    Deliver { seq: u64, payload: Vec<u8> },
+    Deliver {
+        seq: u64,
+        payload: Vec<u8>,
+        /// Send only Handled: the client has the replies (a Replay).
+        quiet: bool,
+    },
     /// Capture the worker between two messages.
     Capture {
         reply: oneshot::Sender<Result<Snapshot, CaptureError>>,
@@ -322,6 +327,7 @@ impl Hosting {
         worker: WorkerId,
         seq: u64,
         payload: Vec<u8>,
+        quiet: bool,
         sink: &Sink,
     ) -> Result<(), PostError> {
         let hosted = self.get(worker).ok_or(PostError::UnknownWorker(worker))?;
@@ -342,7 +348,11 @@ impl Hosting {
             flow.held.push((seq, payload));
         } else {
             // A closed channel means the thread is gone with the worker: nothing to answer.
-            let _ = hosted.commands.send(Command::Deliver { seq, payload });
+            let _ = hosted.commands.send(Command::Deliver {
+                seq,
+                payload,
+                quiet,
+            });
         }
         Ok(())
     }
@@ -445,7 +455,11 @@ impl Hosting {
         flow.moving = false;
         flow.precopying = false;
         for (seq, payload) in flow.held.drain(..) {
-            let _ = hosted.commands.send(Command::Deliver { seq, payload });
+            let _ = hosted.commands.send(Command::Deliver {
+                seq,
+                payload,
+                quiet: false,
+            });
         }
     }
 
@@ -482,7 +496,11 @@ fn run_worker(
     let _enter = span.enter();
     while let Ok(command) = commands.recv() {
         match command {
-            Command::Deliver { seq, payload } => {
+            Command::Deliver {
+                seq,
+                payload,
+                quiet,
+            } => {
                 {
                     let mut flow = flow.lock().expect("worker flow");
                     if flow.moving {
@@ -495,6 +513,11 @@ fn run_worker(
                 }
                 let started = Instant::now();
                 let frames = match worker.deliver(&payload) {
+                    Ok(_) if quiet => vec![Frame::Handled {
+                        worker: id,
+                        seq,
+                        replies: 0,
+                    }],
                     Ok(replies) => {
                         let mut frames: Vec<Frame> = replies
                             .enumerate()

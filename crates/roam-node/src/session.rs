@@ -160,8 +160,18 @@ async fn handle(
             worker,
             seq,
             payload,
+        }
+        | Event::Replay {
+            worker,
+            seq,
+            payload,
         } => {
-            if let Err(e) = node.hosting.post(worker, seq, payload.to_vec(), sink) {
+            // A Replay's replies are left out: the client has them.
+            let quiet = matches!(frame, Frame::Replay { .. });
+            if let Err(e) = node
+                .hosting
+                .post(worker, seq, payload.to_vec(), quiet, sink)
+            {
                 let code = match e {
                     PostError::UnknownWorker(_) => ErrorCode::UnknownWorker,
                     PostError::Gap { .. } => ErrorCode::UnexpectedFrame,

@@ -159,6 +159,8 @@ frame_types! {
     Handled = 0x24,
     /// A message made the worker fail.
     WorkerFailed = 0x25,
+    /// A message to handle without sending its replies (version 4).
+    Replay = 0x26,
     /// Asks the node to hand the worker to another node.
     MoveOut = 0x30,
     /// The worker now runs elsewhere.
@@ -343,6 +345,18 @@ pub enum Frame {
         /// The message.
         payload: Vec<u8>,
     },
+    /// A message for an attached worker whose replies the client already has (client →
+    /// node, version 4): the node handles it as a Post and answers only Handled, with
+    /// `replies` 0, sending none of them. A client whose node catches up on messages
+    /// handled on the device sends these.
+    Replay {
+        /// The worker.
+        worker: WorkerId,
+        /// The message's sequence number, one more than the previous message's.
+        seq: u64,
+        /// The message.
+        payload: Vec<u8>,
+    },
     /// A message the worker posted while it handled message `seq` (node → client).
     Reply {
         /// The worker.
@@ -463,6 +477,7 @@ impl Frame {
             Frame::Attach { .. } => FrameType::Attach,
             Frame::Attached { .. } => FrameType::Attached,
             Frame::Post { .. } => FrameType::Post,
+            Frame::Replay { .. } => FrameType::Replay,
             Frame::Reply { .. } => FrameType::Reply,
             Frame::Handled { .. } => FrameType::Handled,
             Frame::WorkerFailed { .. } => FrameType::WorkerFailed,
@@ -501,6 +516,7 @@ impl Frame {
             | Frame::Attach { worker, .. }
             | Frame::Attached { worker, .. }
             | Frame::Post { worker, .. }
+            | Frame::Replay { worker, .. }
             | Frame::Reply { worker, .. }
             | Frame::Handled { worker, .. }
             | Frame::WorkerFailed { worker, .. }
@@ -657,6 +673,11 @@ impl Frame {
                 out.extend_from_slice(secret);
             }
             Frame::Post {
+                worker,
+                seq,
+                payload,
+            }
+            | Frame::Replay {
                 worker,
                 seq,
                 payload,
@@ -945,6 +966,11 @@ fn decode_body(
             last_seq: r.u64()?,
         },
         FrameType::Post => Frame::Post {
+            worker: r.u128()?,
+            seq: r.u64()?,
+            payload: payload(r, limits)?,
+        },
+        FrameType::Replay => Frame::Replay {
             worker: r.u128()?,
             seq: r.u64()?,
             payload: payload(r, limits)?,

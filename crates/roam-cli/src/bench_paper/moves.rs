@@ -348,6 +348,14 @@ impl<'t> Device<'t> {
         // than a window of messages are unanswered, as in a stay. Offload, handoff and
         // return run in the background (pre-copy); a fallback completes in begin_move.
         let context = || format!("{} {:?} → {:?}", step.kind, step.from, step.to);
+        let watch = match step.kind {
+            MoveKind::Handoff => Some(crate::node_metrics::HandoffWatch::start(
+                self.topo.url(step.from),
+                self.topo.url(step.to),
+            )?),
+            _ => None,
+        };
+        let asked = Instant::now();
         self.handle.begin_move(target).await.with_context(context)?;
         let mut posted_during = 0u64;
         while self.handle.moving() {
@@ -380,6 +388,13 @@ impl<'t> Device<'t> {
         }
         if let Some(link) = cut {
             link.set_down(false);
+        }
+        // A post-copy handoff settles when the destination holds every chunk, after Moved.
+        let mut settle = report.duration;
+        if let Some(watch) = watch {
+            if let Some(end) = watch.post_copy_end()? {
+                settle = settle.max(end - asked);
+            }
         }
         // The last frames of the move (StateAdopted, Goodbye, close) cross the links.
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -440,7 +455,7 @@ impl<'t> Device<'t> {
             link: link.into(),
             cold,
             round,
-            settle_ms: report.duration.as_secs_f64() * 1e3,
+            settle_ms: settle.as_secs_f64() * 1e3,
             longest_gap_ms: 0.0,
             in_flight,
             replayed: report.replayed,

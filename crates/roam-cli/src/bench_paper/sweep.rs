@@ -232,11 +232,12 @@ pub fn sweep(
                 let message_ms = median(gaps_ms(&arrivals[1..]));
                 let first = arrivals.len();
                 let before = link.stats();
+                let watch = crate::node_metrics::HandoffWatch::start(&a.url, &b.url)?;
+                let asked = Instant::now();
                 let report = handle
                     .move_to(Place::Node(b.url.clone()))
                     .await?
                     .context("the worker moved")?;
-                let after = link.stats();
                 let now = Instant::now();
                 arrivals.extend(handle.take_replies().iter().map(|_| now));
                 stream(&mut handle, pages, STREAM, seed + 100, &mut arrivals).await?;
@@ -246,12 +247,20 @@ pub fn sweep(
                 let longest = gaps_ms(&arrivals[first - 1..])
                     .into_iter()
                     .fold(0.0, f64::max);
+                // A post-copy handoff settles when B holds every chunk, after Moved; the
+                // bytes are counted to then.
+                let settle = match watch.post_copy_end()? {
+                    Some(end) => report.duration.max(end - asked),
+                    None => report.duration,
+                };
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let after = link.stats();
                 // The worker comes home so B does not keep a gigabyte per run.
                 handle.move_to(Place::Local).await?;
                 let bytes =
                     (after.up_bytes + after.down_bytes) - (before.up_bytes + before.down_bytes);
                 Ok::<_, anyhow::Error>((
-                    report.duration.as_secs_f64() * 1e3,
+                    settle.as_secs_f64() * 1e3,
                     (longest - message_ms).max(0.0),
                     bytes,
                     message_ms,

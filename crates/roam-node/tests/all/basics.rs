@@ -187,3 +187,36 @@ async fn a_node_says_whether_it_holds_a_module() {
         assert!(body.contains("sha-256"), "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_handled_without_sending_its_replies() {
+    let node = TestNode::start(NodeRole::Edge).await;
+    let mut local = LocalWorker::counter(9, 3);
+    let mut twin = LocalWorker::counter(9, 3);
+    let mut client = Client::hello(&node.url).await;
+    assert_eq!(client.offload(&mut local).await, 3);
+    // Messages 4 and 5 were answered elsewhere (on the device): the node handles them and
+    // says only that it did.
+    for seq in 4..=5 {
+        twin.deliver(&message(seq));
+        client
+            .send(&Frame::Replay {
+                worker: 9,
+                seq,
+                payload: message(seq),
+            })
+            .await;
+        match client.recv().await {
+            Frame::Handled {
+                worker: 9,
+                seq: s,
+                replies: 0,
+            } => assert_eq!(s, seq),
+            other => panic!("expected Handled with no replies, got {other:?}"),
+        }
+    }
+    // They count: the next message's replies are those of a worker that handled them.
+    let replies = client.post(9, 6, &message(6)).await;
+    assert!(!replies.is_empty());
+    assert_eq!(replies, twin.deliver(&message(6)));
+}

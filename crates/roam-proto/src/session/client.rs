@@ -395,7 +395,9 @@ impl ClientSession {
             }
             (_, Frame::Ping { .. } | Frame::Pong { .. }) => Ok(()),
             (ClientState::Ready, frame) => match frame {
+                Frame::Replay { .. } if !post_copy => Err(not_valid()),
                 Frame::Attach { .. }
+                | Frame::Replay { .. }
                 | Frame::Post { .. }
                 | Frame::MoveOut { .. }
                 | Frame::Pull { .. }

@@ -168,6 +168,15 @@ pub enum Event<'f> {
         /// The message.
         payload: &'f [u8],
     },
+    /// As Post, but send only Handled (with `replies` 0): the client has the replies.
+    Replay {
+        /// The worker.
+        worker: WorkerId,
+        /// The message's sequence number.
+        seq: u64,
+        /// The message.
+        payload: &'f [u8],
+    },
     /// A reply of message `seq`; drop it if that message was already delivered.
     Reply {
         /// The worker.

@@ -303,6 +303,20 @@ impl NodeSession {
                     payload,
                 })
             }
+            // Replays are version 4.
+            Frame::Replay { .. } if self.version.is_none_or(|v| v < 4) => Err(self.refuse(frame)),
+            Frame::Replay {
+                worker,
+                seq,
+                payload,
+            } => {
+                self.require_attached(frame, *worker)?;
+                Ok(Event::Replay {
+                    worker: *worker,
+                    seq: *seq,
+                    payload,
+                })
+            }
             Frame::StateBegin {
                 worker,
                 module_hash,

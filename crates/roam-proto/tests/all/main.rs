@@ -144,6 +144,11 @@ pub fn samples() -> Vec<Frame> {
                 seq: n,
                 payload: vec![byte; (n % 700) as usize],
             },
+            Frame::Replay {
+                worker: w,
+                seq: n,
+                payload: vec![byte; (n % 300) as usize],
+            },
             Frame::Reply {
                 worker: w,
                 seq: n,

@@ -944,3 +944,36 @@ fn post_copy_frames_are_refused_before_version_4() {
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
 }
+
+#[test]
+fn a_replay_needs_version_4_and_an_attached_worker() {
+    let replay = Frame::Replay {
+        worker: W,
+        seq: 1,
+        payload: vec![1],
+    };
+    let mut old = Link::speaking(NodeRole::Edge, 3);
+    assert!(old.client.on_send(&replay).is_err());
+    assert_eq!(
+        old.node.on_frame(&replay).unwrap_err().code(),
+        ErrorCode::UnexpectedFrame
+    );
+    let mut link = Link::connected(NodeRole::Edge);
+    assert_eq!(
+        link.send_to_node(&replay).unwrap_err().code(),
+        ErrorCode::Unauthorized
+    );
+    link.send_to_client(&Frame::Attached {
+        worker: W,
+        last_seq: 0,
+    })
+    .unwrap();
+    assert!(matches!(
+        link.send_to_node(&replay),
+        Ok(Event::Replay {
+            worker: W,
+            seq: 1,
+            ..
+        })
+    ));
+}
