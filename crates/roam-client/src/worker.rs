@@ -391,7 +391,7 @@ const CATCH_UP_STALLED: Duration = Duration::from_millis(250);
 /// wait for the node, as in a pause. Each one handled here is handled again by the node
 /// (without its replies, on a version 4 node: a Replay), and an application that posts as
 /// fast as the device answers would otherwise leave the node ever further behind.
-const CATCH_UP_MAX_AHEAD: u64 = 1024;
+const CATCH_UP_MAX_AHEAD: u64 = 8192;
 
 /// Bytes of messages the worker handles here past the state sent, at most: past them
 /// later messages wait for the node.
@@ -703,20 +703,7 @@ impl WorkerHandle {
         let Some(catching_up) = &mut self.catching_up else {
             return Ok(());
         };
-        // Its replies were delivered from here: a version 4 node leaves them out.
-        let frame = if catching_up.conn.version().is_some_and(|v| v >= 4) {
-            Frame::Replay {
-                worker: id,
-                seq,
-                payload,
-            }
-        } else {
-            Frame::Post {
-                worker: id,
-                seq,
-                payload,
-            }
-        };
+        let frame = handled_here(catching_up.conn.version(), id, seq, payload);
         match catching_up.conn.send(&frame).await {
             Ok(()) => {
                 catching_up.sent_through = seq;
@@ -1646,12 +1633,8 @@ impl WorkerHandle {
             let bytes = conn.bytes_in + conn.bytes_out;
             let mut sent_through = last_seq;
             for (seq, payload) in behind {
-                conn.send(&Frame::Post {
-                    worker: self.id,
-                    seq,
-                    payload,
-                })
-                .await?;
+                conn.send(&handled_here(conn.version(), self.id, seq, payload))
+                    .await?;
                 sent_through = seq;
             }
             self.catching_up = Some(CatchingUp {
@@ -2093,6 +2076,25 @@ fn adopted_snapshot(manifest: Manifest, bodies: Vec<ChunkBody>) -> Result<Snapsh
 }
 
 /// Whether an error means the node holding the worker is gone (rather than refusing).
+/// Message `seq`, handled here already, for a node catching up on a connection that
+/// speaks `version`: its replies were delivered from here, and a version 4 node leaves
+/// them out (Replay).
+fn handled_here(version: Option<u16>, worker: WorkerId, seq: u64, payload: Vec<u8>) -> Frame {
+    if version.is_some_and(|v| v >= 4) {
+        Frame::Replay {
+            worker,
+            seq,
+            payload,
+        }
+    } else {
+        Frame::Post {
+            worker,
+            seq,
+            payload,
+        }
+    }
+}
+
 fn is_lost(e: &ClientError) -> bool {
     // A node that ran the worker post-copy and lost its source says StateLost: the worker
     // is gone as if the node had died.
