@@ -2075,7 +2075,6 @@ fn adopted_snapshot(manifest: Manifest, bodies: Vec<ChunkBody>) -> Result<Snapsh
         .map_err(|e| ClientError::State(e.to_string()))
 }
 
-/// Whether an error means the node holding the worker is gone (rather than refusing).
 /// Message `seq`, handled here already, for a node catching up on a connection that
 /// speaks `version`: its replies were delivered from here, and a version 4 node leaves
 /// them out (Replay).
@@ -2095,6 +2094,7 @@ fn handled_here(version: Option<u16>, worker: WorkerId, seq: u64, payload: Vec<u
     }
 }
 
+/// Whether an error means the node holding the worker is gone (rather than refusing).
 fn is_lost(e: &ClientError) -> bool {
     // A node that ran the worker post-copy and lost its source says StateLost: the worker
     // is gone as if the node had died.

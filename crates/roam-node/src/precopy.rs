@@ -344,7 +344,7 @@ fn peer_post_copy<W: Wire, M: Machine>(link: &Link<W, M>) -> bool {
 const POST_COPY_BATCH: usize = 64 << 10;
 
 /// Post-copy: sends StateResumable, then `bodies` (the ones the receiver still lacks, the
-/// most recently written first), each body the receiver asks for with ChunkWant ahead of
+/// order of the manifest or the last round), each body the receiver asks for with ChunkWant ahead of
 /// the rest. A StateResumed goes to `on_resumed`. Returns the bodies' encoded bytes.
 async fn send_resumable<W: Wire, M: Machine>(
     link: &mut Link<W, M>,

@@ -291,7 +291,7 @@ pub(crate) enum ReceiveStateError {
     PostCopy(String),
     /// the worker could not be hosted: {0}
     #[error("the worker could not be hosted: {0}")]
-    Host(String),
+    Host(crate::hosting::AdoptError),
     /// the sender broke the protocol: {0}
     #[error("the sender broke the protocol: {0}")]
     Protocol(ProtocolError),
@@ -332,7 +332,10 @@ impl ReceiveStateError {
             ReceiveStateError::Protocol(e) => e.code(),
             ReceiveStateError::Abandoned { code, .. } => *code,
             ReceiveStateError::PostCopy(_) => ErrorCode::SnapshotRefused,
-            ReceiveStateError::Host(_) => ErrorCode::Unauthorized,
+            ReceiveStateError::Host(crate::hosting::AdoptError::OtherOwner(_)) => {
+                ErrorCode::Unauthorized
+            }
+            ReceiveStateError::Host(_) => ErrorCode::Internal,
             ReceiveStateError::Cache(_)
             | ReceiveStateError::Timeout(_)
             | ReceiveStateError::Link(_) => ErrorCode::Internal,
@@ -518,7 +521,7 @@ async fn resume(
     };
     let last_seq = hosting
         .adopt_running(begin.worker, begin.owner, module, restored)
-        .map_err(|e| ReceiveStateError::Host(e.to_string()))?;
+        .map_err(ReceiveStateError::Host)?;
     Ok(Some(Running {
         pager,
         wants,
@@ -604,6 +607,11 @@ async fn receive_inner<W: Wire, M: Machine>(
     loop {
         if resumable && running.is_none() {
             if let (Some(hosting), Some(bytes)) = (hosting, &module_bytes) {
+                if let Err(why) = roam_runtime::post_copy_available() {
+                    tracing::info!("post-copy is not available here ({why}): the worker runs once every chunk is in");
+                    resumable = false;
+                    continue;
+                }
                 let module = load_module(ctx.runtime, bytes.clone(), &begin.module_hash).await?;
                 running = resume(hosting, &begin, module, &manifest, &bodies).await?;
                 resumable = false;
