@@ -634,10 +634,15 @@ impl WorkerHandle {
                     .collect();
                 let handler = started.elapsed();
                 let reply_bytes = replies.iter().map(|r| r.len() as u64).sum();
-                for payload in replies {
-                    self.replies.push_back(Reply { seq, payload });
+                // A message handled here before, replayed into a state that came back
+                // without it (a node that caught up on it returned the worker before
+                // handling it): its replies were delivered then.
+                if seq > self.delivered {
+                    for payload in replies {
+                        self.replies.push_back(Reply { seq, payload });
+                    }
+                    self.observe(seq, None, Some(handler), reply_bytes);
                 }
-                self.observe(seq, None, Some(handler), reply_bytes);
                 self.handled_through(seq);
                 if self.catching_up.is_some() {
                     Box::pin(self.forward_to_catch_up(seq)).await?;
@@ -646,10 +651,14 @@ impl WorkerHandle {
             // Waiting for room may have ended a handoff, whose replay sent this one too.
             Placement::Remote(_) if seq <= self.sent_through => {}
             Placement::Remote(conn) => {
-                let frame = Frame::Post {
-                    worker: self.id,
-                    seq,
-                    payload: payload.clone(),
+                let frame = if seq <= self.delivered {
+                    handled_here(conn.version(), self.id, seq, payload.clone())
+                } else {
+                    Frame::Post {
+                        worker: self.id,
+                        seq,
+                        payload: payload.clone(),
+                    }
                 };
                 match conn.send(&frame).await {
                     Ok(()) => {
@@ -807,8 +816,10 @@ impl WorkerHandle {
             .sent_through
             .saturating_sub(caught_up.node_handled) as usize;
         self.sent_through = caught_up.sent_through;
-        let delivered = self.delivered;
-        self.handled_through(delivered);
+        // Messages sent to the node and not handled there yet stay in the log although
+        // their replies were delivered from here: a move that takes the worker from the
+        // node before it handles them replays them at the destination.
+        self.handled_through(caught_up.node_handled.min(self.delivered));
         self.resumed_at = Some(Instant::now());
         // Messages that waited in the log follow.
         self.send_logged_after(self.sent_through).await?;
@@ -2045,7 +2056,10 @@ impl WorkerHandle {
         let bytes = conn.bytes_in + conn.bytes_out;
         self.placement = Placement::Remote(Box::new(conn));
         self.in_flight = 0;
-        self.sent_through = self.delivered;
+        // Every logged message after the state's goes to the destination, also those whose
+        // replies were delivered already (a node that caught up on them was handed off
+        // before it handled them): those go as Replays.
+        self.sent_through = last_seq.min(self.delivered);
         let replayed = self.replay_after(last_seq).await?;
         Ok((bytes, replayed))
     }
