@@ -42,7 +42,9 @@ use roam_snapshot::ChunkBody;
 use crate::chunks::ChunkStore;
 use crate::hosting::{BeginMoveError, Hosting};
 use crate::link::{Link, Machine, Wire};
-use crate::transfer::{next_frame, SendStateError, CHUNK_BATCH, MODULE_PIECE};
+use crate::transfer::{
+    next_frame, refuse_unknown_chunk, SendStateError, CHUNK_BATCH, MODULE_PIECE,
+};
 
 /// How pre-copy decides when to stop.
 #[derive(Debug, Clone, Copy)]
@@ -369,16 +371,7 @@ async fn send_resumable<W: Wire, M: Machine>(
                         match by_hash.get(hash) {
                             Some(body) if !sent.contains(hash) => urgent.push_back(body),
                             Some(_) => {}
-                            None => {
-                                let error = SendStateError::UnknownChunk(*hash);
-                                link.send(Frame::Error {
-                                    code: ErrorCode::Malformed,
-                                    worker: Some(worker),
-                                    message: error.to_string(),
-                                })
-                                .await?;
-                                return Err(error);
-                            }
+                            None => return Err(refuse_unknown_chunk(link, worker, *hash).await),
                         }
                     }
                 }

@@ -153,20 +153,32 @@ async fn send_needed<W: Wire, M: Machine>(
     let mut bodies = Vec::with_capacity(chunks.len());
     for &hash in chunks {
         let Some(body) = package.snapshot.body(hash) else {
-            let error = SendStateError::UnknownChunk(hash);
-            link.send(Frame::Error {
-                code: ErrorCode::Malformed,
-                worker: Some(worker),
-                message: error.to_string(),
-            })
-            .await?;
-            return Err(error);
+            return Err(refuse_unknown_chunk(link, worker, hash).await);
         };
         bodies.push(body);
     }
     send_bodies(link, worker, bodies.into_iter()).await?;
     link.send(Frame::StateEnd { worker }).await?;
     Ok(())
+}
+
+/// Tells the receiver it asked for chunk `hash`, which this side never promised, and
+/// returns the error that ends the transfer.
+pub(crate) async fn refuse_unknown_chunk<W: Wire, M: Machine>(
+    link: &mut Link<W, M>,
+    worker: WorkerId,
+    hash: ChunkHash,
+) -> SendStateError {
+    let error = SendStateError::UnknownChunk(hash);
+    let refusal = Frame::Error {
+        code: ErrorCode::Malformed,
+        worker: Some(worker),
+        message: error.to_string(),
+    };
+    match link.send(refusal).await {
+        Ok(()) => error,
+        Err(e) => e.into(),
+    }
 }
 
 /// A StateBegin, copied out of the frame so the link can go on receiving.

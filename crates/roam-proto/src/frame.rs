@@ -852,6 +852,19 @@ fn decode_registration(r: &mut Reader<'_>) -> Result<NodeRegistration, DecodeFra
     })
 }
 
+/// A list of chunk hashes (StateNeed, ChunkWant), its count checked against the cap.
+fn chunk_hashes(
+    r: &mut Reader<'_>,
+    limits: &FrameLimits,
+) -> Result<Vec<ChunkHash>, DecodeFrameError> {
+    let count = r.count(16, limits.max_items)?;
+    let mut chunks = Vec::with_capacity(count);
+    for _ in 0..count {
+        chunks.push(r.u128()?);
+    }
+    Ok(chunks)
+}
+
 /// A Post or Reply payload, checked against the message cap.
 fn payload(r: &mut Reader<'_>, limits: &FrameLimits) -> Result<Vec<u8>, DecodeFrameError> {
     let payload = r.blob()?;
@@ -908,11 +921,7 @@ fn decode_body(
         FrameType::StateNeed => {
             let worker = r.u128()?;
             let module = r.bool("module")?;
-            let count = r.count(16, limits.max_items)?;
-            let mut chunks = Vec::with_capacity(count);
-            for _ in 0..count {
-                chunks.push(r.u128()?);
-            }
+            let chunks = chunk_hashes(r, limits)?;
             Frame::StateNeed {
                 worker,
                 module,
@@ -948,15 +957,10 @@ fn decode_body(
             worker: r.u128()?,
             last_seq: r.u64()?,
         },
-        FrameType::ChunkWant => {
-            let worker = r.u128()?;
-            let count = r.count(16, limits.max_items)?;
-            let mut chunks = Vec::with_capacity(count);
-            for _ in 0..count {
-                chunks.push(r.u128()?);
-            }
-            Frame::ChunkWant { worker, chunks }
-        }
+        FrameType::ChunkWant => Frame::ChunkWant {
+            worker: r.u128()?,
+            chunks: chunk_hashes(r, limits)?,
+        },
         FrameType::Attach => Frame::Attach {
             worker: r.u128()?,
             secret: r.bytes32()?,
