@@ -246,3 +246,85 @@ fn checkpoints_move_the_recovery_point_up_and_a_recovery_replays_only_what_follo
         expected.len()
     );
 }
+
+#[test]
+fn a_node_killed_during_a_return_recovers_from_the_returns_first_round() {
+    use roam_cli::workloads::{physics_init, physics_step};
+    use roam_link::{Link, LinkSpec};
+
+    let mut a = Node::start("edge", None);
+    // The state comes home over 10 Mbit/s: its rounds take seconds, time enough to lose
+    // the node after the first is in and before the return ends.
+    let addr = a.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let link = Link::start(
+        LinkSpec::symmetric(10_000_000, Duration::from_millis(5)),
+        addr,
+    )
+    .unwrap();
+    let options = WorkerOptions {
+        routes: [(a.url.clone(), link.url())].into(),
+        checkpoint_every: None,
+        ..WorkerOptions::default()
+    };
+    let physics = std::fs::read(worker("physics")).unwrap();
+    let mut messages = vec![physics_init(1000, 5)];
+    messages.extend((0..400).map(|_| physics_step(1)));
+    let mut replies = Vec::new();
+    let mut expected = Vec::new();
+    runtime().block_on(async {
+        // What a worker that never moves answers.
+        let mut twin = WorkerHandle::start(&physics, WorkerOptions::default()).unwrap();
+        post_all(&mut twin, &messages, &mut expected).await;
+        finish(&mut twin, &mut expected).await;
+
+        let mut handle = WorkerHandle::start(&physics, options).unwrap();
+        post_all(&mut handle, &messages[..1], &mut replies).await;
+        handle.move_to(Place::Node(a.url.clone())).await.unwrap();
+        let mut next = 1;
+        for m in &messages[next..40] {
+            handle.post(m.clone()).await.unwrap();
+            while let Some(r) = handle.next_reply().await.unwrap() {
+                replies.push(r.payload);
+            }
+        }
+        next = 40;
+        let offloaded_at = handle.recovery_point().expect("the offload's snapshot");
+        handle.begin_move(Place::Local).await.unwrap();
+        // One message at a time, so the worker never has a backlog (which would send it
+        // in one paused round, with no first round to keep).
+        let moved_up = loop {
+            assert!(next < messages.len(), "the return's first round never came");
+            handle.post(messages[next].clone()).await.unwrap();
+            next += 1;
+            while let Some(r) = handle
+                .next_reply_within(Duration::from_millis(20))
+                .await
+                .unwrap()
+            {
+                replies.push(r.payload);
+            }
+            assert!(
+                handle.take_move_result().is_none(),
+                "the return ended before its first round was seen"
+            );
+            match handle.recovery_point() {
+                Some(seq) if seq > offloaded_at => break seq,
+                _ => {}
+            }
+        };
+        a.kill_hard();
+        post_all(&mut handle, &messages[next..], &mut replies).await;
+        finish(&mut handle, &mut replies).await;
+        assert_eq!(handle.place(), Place::Local, "recovered locally");
+        assert_eq!(handle.recoveries(), 1);
+        assert!(
+            moved_up > offloaded_at + 30,
+            "recovered from message {moved_up}"
+        );
+    });
+    assert_eq!(replies.len(), messages.len(), "one reply per message");
+    assert!(
+        replies == expected,
+        "the replies differ from a worker that never moved"
+    );
+}

@@ -165,6 +165,10 @@ pub struct CandidateView {
 const PROBE_DOWN: usize = 256 << 10;
 const PROBE_UP: usize = 128 << 10;
 
+/// A round trip that looks faded is measured again this many times sooner: a fade is
+/// judged from the lowest of a few samples, and a tunnel leaves little time to get home.
+const SUSPECT_PROBE_FASTER: u32 = 5;
+
 /// How often a node that lacks the worker's module is asked again.
 const MODULE_ASK_EVERY: Duration = Duration::from_secs(10);
 
@@ -206,11 +210,55 @@ type Shared = Arc<Mutex<BTreeMap<String, Probed>>>;
 /// The placer's background tasks, aborted when it is dropped.
 type Tasks = Arc<Mutex<Vec<tokio::task::AbortHandle>>>;
 
+/// The thread the placer measures on: a runtime of its own, so that a probe's answer is
+/// read when it arrives, not once the worker's handler lets the device's thread go.
+///
+/// On a phone the worker runs on a thread of its own (a Web Worker) and the page's
+/// networking elsewhere; a client that ran its probes on the worker's thread would time
+/// each handler into the round trips, and a busy device would look like a fading link.
+/// The thread is started from the caller's, so it shares whatever limits that thread has
+/// (a CPU quota: the benchmark's slow device).
+struct Measuring {
+    handle: tokio::runtime::Handle,
+    /// Dropped to stop the thread.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Measuring {
+    fn start() -> std::io::Result<Measuring> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("roam-placement".into())
+            .spawn(move || {
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Measuring {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Measuring {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Decides where a worker runs and moves it there.
 ///
-/// Measuring runs in the background (tasks on the current tokio runtime, stopped when the
-/// placer is dropped); [`tick`] only reads the measurements, decides, and begins a move
-/// when one pays.
+/// Measuring runs in the background (tasks on a thread of the placer's own, started on
+/// the first [`tick`] and stopped when the placer is dropped); [`tick`] only reads the
+/// measurements, decides, and begins a move when one pays.
 ///
 /// [`tick`]: AutoPlacer::tick
 pub struct AutoPlacer {
@@ -221,6 +269,9 @@ pub struct AutoPlacer {
     origin: Instant,
     nodes: Shared,
     tasks: Tasks,
+    /// Where the probes run; `None` until the first tick (or when no thread could be
+    /// started: then on the caller's runtime).
+    measuring: Option<Measuring>,
     started: bool,
     /// This device's calibrated speed (measured on the first tick, on its thread).
     device_speed: f64,
@@ -253,6 +304,8 @@ struct Watching {
     /// Where the move goes: one that ends elsewhere failed, and says nothing of its kind.
     to: String,
     modelled: f64,
+    /// [`WorkerHandle::recoveries`] when it began.
+    recoveries: u64,
     started: Instant,
     ended: Option<Instant>,
     longest_gap: Duration,
@@ -274,6 +327,7 @@ impl AutoPlacer {
             origin: Instant::now(),
             nodes: Arc::default(),
             tasks: Arc::default(),
+            measuring: None,
             started: false,
             device_speed: 1.0,
             arrived_at: Instant::now(),
@@ -355,7 +409,12 @@ impl AutoPlacer {
             watching.ended.get_or_insert_with(Instant::now);
         }
         let here = place_id(&handle.place());
-        if self.watching.as_ref().is_some_and(|w| w.to != here) {
+        if self
+            .watching
+            .as_ref()
+            .is_some_and(|w| w.to != here || w.recoveries != handle.recoveries())
+        {
+            // Elsewhere, or where it was going but by a recovery from a lost node.
             tracing::debug!(to = %self.watching.as_ref().map_or("", |w| w.to.as_str()), "the move did not end there: its pause is not learned");
             self.watching = None;
         }
@@ -400,6 +459,7 @@ impl AutoPlacer {
             kind,
             to: to.to_string(),
             modelled,
+            recoveries: handle.recoveries(),
             started: Instant::now(),
             ended: None,
             longest_gap: Duration::ZERO,
@@ -532,9 +592,13 @@ impl AutoPlacer {
             Ok(c) => self.device_speed = c.speed,
             Err(e) => tracing::warn!("{e}; taking this device's speed as 1"),
         }
+        match Measuring::start() {
+            Ok(measuring) => self.measuring = Some(measuring),
+            Err(e) => tracing::warn!("{e}; probing on the worker's thread"),
+        }
         if let Some(cloud) = self.options.cloud.clone() {
             self.watch(&cloud, true);
-            let task = tokio::spawn(discover(
+            let task = self.runtime().spawn(discover(
                 cloud,
                 self.module,
                 self.options.clone(),
@@ -555,6 +619,7 @@ impl AutoPlacer {
     /// Starts probing `url` unless it already is.
     fn watch(&mut self, url: &str, cloud: bool) {
         watch(
+            &self.runtime(),
             url,
             cloud,
             self.module,
@@ -563,6 +628,13 @@ impl AutoPlacer {
             &self.tasks,
             self.origin,
         );
+    }
+
+    /// The runtime the placer measures on.
+    fn runtime(&self) -> tokio::runtime::Handle {
+        self.measuring
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |m| m.handle.clone())
     }
 
     /// Feeds what the handle saw into the worker's profile.
@@ -700,6 +772,7 @@ impl Drop for AutoPlacer {
         for task in self.tasks.lock().expect("placer tasks").iter() {
             task.abort();
         }
+        // Then the thread they ran on stops (`measuring` is dropped after this).
     }
 }
 
@@ -712,9 +785,11 @@ fn place_id(place: &Place) -> String {
     }
 }
 
-/// Adds `url` to the nodes and starts probing it, unless it is there already.
+/// Adds `url` to the nodes and starts probing it on `runtime`, unless it is there
+/// already.
 #[allow(clippy::too_many_arguments)]
 fn watch(
+    runtime: &tokio::runtime::Handle,
     url: &str,
     cloud: bool,
     module: Option<[u8; 32]>,
@@ -744,7 +819,7 @@ fn watch(
             holds_module: false,
         },
     );
-    let task = tokio::spawn(probe(
+    let task = runtime.spawn(probe(
         url.to_string(),
         prober,
         module,
@@ -771,6 +846,7 @@ async fn probe(
     let mut module_asked: Option<Instant> = None;
     let mut module_held = false;
     loop {
+        let mut next = every;
         match prober.health().await {
             Ok((rtt, health)) => {
                 let mut nodes = nodes.lock().expect("placer nodes");
@@ -778,6 +854,9 @@ async fn probe(
                     probed.link.on_round_trip(now(), rtt.as_secs_f64());
                     probed.speed = health.speed.or(probed.speed);
                     probed.cloud |= health.role == "cloud";
+                    if probed.link.suspects_fade() {
+                        next = every / SUSPECT_PROBE_FASTER;
+                    }
                 }
             }
             Err(e) => {
@@ -835,7 +914,7 @@ async fn probe(
                 }
             }
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(next).await;
     }
 }
 
@@ -857,7 +936,16 @@ async fn discover(
         match list_edges(&cloud, &connect).await {
             Ok(edges) => {
                 for url in edges {
-                    watch(&url, false, module, &options, &nodes, &tasks, origin);
+                    watch(
+                        &tokio::runtime::Handle::current(),
+                        &url,
+                        false,
+                        module,
+                        &options,
+                        &nodes,
+                        &tasks,
+                        origin,
+                    );
                 }
             }
             Err(e) => tracing::debug!(%cloud, "cannot list the edges: {e}"),

@@ -256,6 +256,8 @@ pub struct WorkerHandle {
     recovery_at: Instant,
     /// The last scan of the worker's memory here: when, and a hash of each piece.
     scanned: Option<(Instant, Vec<u64>)>,
+    /// Times the worker was taken back from a node that was lost.
+    recoveries: u64,
 }
 
 /// What a scan of the worker's memory found (see [`WorkerHandle::scan_local_state`]).
@@ -317,7 +319,13 @@ struct PendingReturn {
     from: String,
     started: Instant,
     task: tokio::task::JoinHandle<Result<Returned, ClientError>>,
+    /// The state as its first pre-copy round left it, once every body of that round is
+    /// in: a copy as good as a checkpoint, should the node be lost before the return ends.
+    first_round: FirstRound,
 }
+
+/// Where a transfer leaves the state of its first round (see [`PendingReturn`]).
+type FirstRound = Arc<std::sync::Mutex<Option<Snapshot>>>;
 
 /// An offload in pre-copy rounds. A task owns the connection and sends each round it is
 /// given; the handle captures the next round, between two of the application's messages,
@@ -505,6 +513,7 @@ impl WorkerHandle {
             transfers: Vec::new(),
             recovery_at: Instant::now(),
             scanned: None,
+            recoveries: 0,
         })
     }
 
@@ -531,6 +540,12 @@ impl WorkerHandle {
     /// is due `every` after the last.
     pub fn set_checkpoint_every(&mut self, every: Option<Duration>) {
         self.options.checkpoint_every = every;
+    }
+
+    /// How many times the worker was taken back from a node that was lost (restored
+    /// from its recovery point here): a move under way then did not happen as begun.
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries
     }
 
     /// Messages posted and not yet handled.
@@ -1064,7 +1079,15 @@ impl WorkerHandle {
         if let Some(task) = self.checkpointing.take() {
             task.abort();
         }
-        self.checkpoint_ready = None;
+        // The newest copy at hand is the one to start from, if its replies are delivered.
+        self.take_first_round();
+        if let Some(snapshot) = self
+            .checkpoint_ready
+            .take()
+            .filter(|c| c.manifest.last_seq <= self.delivered)
+        {
+            self.renew_recovery(snapshot);
+        }
         // A move under way ends with its source.
         if let Some(pending) = self.handoff.take() {
             pending.next.abort();
@@ -1110,6 +1133,7 @@ impl WorkerHandle {
         self.placement = Placement::Local(Box::new(worker));
         self.in_flight = 0;
         self.sent_through = self.delivered;
+        self.recoveries += 1;
         Ok(())
     }
 
@@ -1833,17 +1857,24 @@ impl WorkerHandle {
         let Placement::Remote(conn) = &self.placement else {
             unreachable!("return starts remote");
         };
-        let url = conn.url().to_string();
-        let (worker, secret) = (self.id, self.secret);
-        let options = self.options.clone();
-        let module_hash = *self.module.hash();
-        // The chunks of the snapshot this client offloaded that did not change need not
-        // travel back.
-        let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
+        let from = self.state_source(conn);
+        let worker = self.id;
+        // A checkpoint on its way would share the link with the state: the return
+        // supersedes it.
+        if let Some(task) = self.checkpointing.take() {
+            task.abort();
+        }
+        // The chunks of the newest copy this client holds (a checkpoint, or the snapshot
+        // it offloaded) that did not change need not travel back.
+        let held = match &self.checkpoint_ready {
+            Some(newer) => Some(newer.clone()),
+            None => self.recovery.as_ref().map(|r| r.snapshot.clone()),
+        };
+        let first_round = FirstRound::default();
+        let left = first_round.clone();
         let task = tokio::spawn(async move {
             let request = Frame::Return { worker };
-            let (conn, manifest, bodies) =
-                fetch_state(&url, &options, worker, secret, module_hash, held, request).await?;
+            let (conn, manifest, bodies) = fetch_state(&from, held, request, Some(left)).await?;
             Ok(Returned {
                 conn,
                 manifest,
@@ -1854,8 +1885,41 @@ impl WorkerHandle {
             from: self.place().to_string(),
             started: Instant::now(),
             task,
+            first_round,
         });
         Ok(())
+    }
+
+    /// Where copies of the worker's state come from while it runs on `conn`'s node.
+    fn state_source(&self, conn: &Connection) -> StateSource {
+        StateSource {
+            url: conn.url().to_string(),
+            options: self.options.clone(),
+            worker: self.id,
+            secret: self.secret,
+            module_hash: *self.module.hash(),
+        }
+    }
+
+    /// A return's first round, once in, is kept like a checkpoint that arrived: it
+    /// becomes the recovery point when its replies are delivered.
+    fn take_first_round(&mut self) {
+        let Some(pending) = &self.returning else {
+            return;
+        };
+        let Some(snapshot) = pending.first_round.lock().expect("first round").take() else {
+            return;
+        };
+        let newer = |held: Option<u64>| held.is_none_or(|seq| snapshot.manifest.last_seq > seq);
+        if newer(self.recovery_point())
+            && newer(self.checkpoint_ready.as_ref().map(|c| c.manifest.last_seq))
+        {
+            tracing::debug!(
+                last_seq = snapshot.manifest.last_seq,
+                "the return's first round is in: a copy to recover from"
+            );
+            self.checkpoint_ready = Some(snapshot);
+        }
     }
 
     /// Between two messages: takes in a checkpoint that arrived, and starts the next one
@@ -1869,6 +1933,7 @@ impl WorkerHandle {
             self.checkpoint_ready = None;
             return;
         }
+        self.take_first_round();
         if let Some(task) = &mut self.checkpointing {
             let Some(done) = futures_util::FutureExt::now_or_never(task) else {
                 return;
@@ -1905,18 +1970,16 @@ impl WorkerHandle {
         {
             return;
         }
-        let url = conn.url().to_string();
-        let (worker, secret, options) = (self.id, self.secret, self.options.clone());
-        let module_hash = *self.module.hash();
+        let from = self.state_source(conn);
+        let worker = self.id;
         let held = self.recovery.as_ref().map(|r| r.snapshot.clone());
         self.recovery_at = Instant::now();
         self.checkpointing = Some(tokio::spawn(async move {
             let started = Instant::now();
             let request = Frame::Checkpoint { worker };
-            let (mut conn, manifest, bodies) =
-                fetch_state(&url, &options, worker, secret, module_hash, held, request).await?;
+            let (mut conn, manifest, bodies) = fetch_state(&from, held, request, None).await?;
             let transfer = Transfer {
-                node: url,
+                node: from.url,
                 up: false,
                 bytes: conn.bytes_in,
                 seconds: started.elapsed().as_secs_f64(),
@@ -2261,18 +2324,34 @@ async fn send_bodies<'b>(
     Ok(total)
 }
 
-/// Asks the node at `url`, on a connection of its own attached with `secret`, for the
-/// worker's state (`request`: Return or Checkpoint) and receives it, asking only for the
-/// chunks `held` lacks.
-async fn fetch_state(
-    url: &str,
-    options: &WorkerOptions,
+/// Where a copy of the worker's state comes from: its node, and what attaching there and
+/// checking the state take.
+struct StateSource {
+    url: String,
+    options: WorkerOptions,
     worker: WorkerId,
     secret: [u8; 32],
     module_hash: [u8; 32],
+}
+
+/// Asks the node of `from`, on a connection of its own, for the worker's state
+/// (`request`: Return or Checkpoint) and receives it, asking only for the chunks `held`
+/// lacks; the state of its first pre-copy round goes to `first_round` (see
+/// [`receive_state`]).
+async fn fetch_state(
+    from: &StateSource,
     held: Option<Snapshot>,
     request: Frame,
+    first_round: Option<FirstRound>,
 ) -> Result<(Connection, Manifest, Vec<ChunkBody>), ClientError> {
+    let StateSource {
+        url,
+        options,
+        worker,
+        secret,
+        module_hash,
+    } = from;
+    let (worker, secret, module_hash) = (*worker, *secret, *module_hash);
     let mut conn = Connection::open(url, options).await?;
     conn.send(&Frame::Attach { worker, secret }).await?;
     match conn.recv().await? {
@@ -2300,19 +2379,22 @@ async fn fetch_state(
     };
     let manifest = Manifest::decode(&manifest, &DecodeLimits::default())
         .map_err(|e| ClientError::State(e.to_string()))?;
-    let (manifest, bodies) = receive_state(&mut conn, worker, manifest, held.as_ref()).await?;
+    let (manifest, bodies) =
+        receive_state(&mut conn, worker, manifest, held.as_ref(), first_round).await?;
     Ok((conn, manifest, bodies))
 }
 
 /// Receives a worker's state as the receiver of a transfer (after StateBegin with
 /// `manifest`): asks for every chunk body `held` does not have, takes pre-copy rounds
 /// (each a newer manifest and the bodies of its new chunks) until StateEnd, and returns the
-/// last manifest with the bodies it uses.
+/// last manifest with the bodies it uses. When there are rounds, the state of the first
+/// goes into `first_round` as soon as the second begins (every body of the first is in).
 async fn receive_state(
     conn: &mut Connection,
     worker: WorkerId,
     mut manifest: Manifest,
     held: Option<&Snapshot>,
+    mut first_round: Option<FirstRound>,
 ) -> Result<(Manifest, Vec<ChunkBody>), ClientError> {
     let mut bodies: HashMap<ChunkHash, ChunkBody> = HashMap::new();
     let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
@@ -2366,6 +2448,18 @@ async fn receive_state(
                         },
                         "a StateRound announcing its new chunks",
                     ));
+                }
+                if let Some(slot) = first_round.take() {
+                    let hashes: HashSet<ChunkHash> =
+                        manifest.chunks.iter().map(|c| c.hash).collect();
+                    let used: Vec<ChunkBody> = hashes
+                        .iter()
+                        .filter_map(|h| bodies.get(h).cloned())
+                        .collect();
+                    match Snapshot::from_parts(manifest.clone(), used) {
+                        Ok(snapshot) => *slot.lock().expect("first round") = Some(snapshot),
+                        Err(e) => tracing::debug!("the first round is no snapshot: {e}"),
+                    }
                 }
                 known.extend(fresh);
                 manifest = next;

@@ -323,6 +323,20 @@ impl LinkEstimator {
         last.is_none_or(|at| now - at > Self::BANDWIDTH_FRESH_FOR)
     }
 
+    /// Whether the last round trip alone looks faded: too little to judge the link by (a
+    /// busy device or a lost packet raises one sample), enough to measure it again
+    /// sooner, so a real fade is confirmed within a few samples' time.
+    pub fn suspects_fade(&self) -> bool {
+        let Some(&last) = self.raw.back() else {
+            return false;
+        };
+        let baseline = self.baseline(self.floor());
+        LinkEstimate::known(last, 0.0, 0.0)
+            .faded_from(baseline, 0.0)
+            .loss_risk()
+            > 0.0
+    }
+
     /// The lowest floor of the window, `floor` included.
     fn baseline(&self, floor: f64) -> f64 {
         self.recent.iter().map(|(_, r)| *r).fold(floor, f64::min)
@@ -426,10 +440,13 @@ mod tests {
             let e = link.estimate(i as f64 * 0.5).unwrap();
             assert_eq!(e.loss_risk(), 0.0, "{e:?}");
         }
-        // A busy device reads one answer late: not fading.
+        assert!(!link.suspects_fade());
+        // A busy device reads one answer late: not fading, but worth measuring again soon.
         link.on_round_trip(20.0, 0.060);
         assert_eq!(link.estimate(20.0).unwrap().loss_risk(), 0.0);
+        assert!(link.suspects_fade());
         link.on_round_trip(20.5, 0.010);
+        assert!(!link.suspects_fade());
         // Then 50 ms: once the last few round trips all say so, the link is at risk.
         for i in 2..4 {
             link.on_round_trip(20.0 + i as f64 * 0.5, 0.050);

@@ -296,7 +296,8 @@ fn attached_edge(trace: &Trace, state: &BTreeMap<String, PlaceState>) -> Option<
 /// time it takes), plus the move's cost to the application (calibrated) spread over the
 /// messages of the stay that follows: until the candidate is lost or the trace ends. A
 /// place that will be lost before the worker could get there and pay for the move is
-/// out; the current place scores as lost when it will be lost before the way home ends.
+/// out, and so is any node (the current one too) that will be lost before the way home
+/// from it ends: going there would only be followed by going home.
 /// The worker moves when the best candidate beats staying by a tenth.
 fn oracle_choice(view: &View<'_>, here: &str) -> Option<String> {
     let trace = view.trace;
@@ -343,18 +344,25 @@ fn oracle_choice(view: &View<'_>, here: &str) -> Option<String> {
             .find(|&t| trace.state_at(t)[place].link.is_none())
             .map_or(f64::INFINITY, |t| t - now)
     };
-    // The time to get from here to `to`, with the links as bad as they get meanwhile.
-    let move_time = |to: &str| -> f64 {
-        let guess = cal.move_s(here, to, &worst(now));
-        cal.move_s(here, to, &worst(now + guess * 1.5 + 2.0))
+    // The time to get from `from` to `to`, starting `after` seconds from now, with the
+    // links as bad as they get meanwhile.
+    let move_between = |from: &str, to: &str, after: f64| -> f64 {
+        let guess = cal.move_s(from, to, &worst(now + after));
+        cal.move_s(from, to, &worst(now + after + guess * 1.5 + 2.0))
+    };
+    let move_time = |to: &str| move_between(here, to, 0.0);
+    // Whether a node, reached `arrival` seconds from now, is lost before the way home
+    // from it could end: the worker would only have to leave it again at once (or be
+    // lost with it).
+    let lost_soon = |place: &str, arrival: f64| -> bool {
+        place != "local"
+            && reachable_for(place) <= arrival + move_between(place, "local", arrival) * 1.5 + 1.0
     };
     let messages_per_s = 1.0 / super::run::POST_EVERY.as_secs_f64();
     let left = trace.duration_s - now;
     let score = |c: &str| -> f64 {
         if c == here {
-            let lost_soon =
-                here != "local" && reachable_for(here) <= move_time("local") * 1.5 + 1.0;
-            if lost_soon {
+            if lost_soon(here, 0.0) {
                 return f64::INFINITY;
             }
             let arrival = trace.state_at(now + move_time("local").min(5.0));
@@ -362,7 +370,7 @@ fn oracle_choice(view: &View<'_>, here: &str) -> Option<String> {
         }
         let travel = move_time(c);
         let stay = reachable_for(c).min(left) - travel;
-        if stay <= travel * 2.0 + 2.0 && c != "local" {
+        if c != "local" && (stay <= travel * 2.0 + 2.0 || lost_soon(c, travel)) {
             return f64::INFINITY;
         }
         let arrival = trace.state_at(now + travel);
@@ -383,5 +391,72 @@ fn oracle_choice(view: &View<'_>, here: &str) -> Option<String> {
         // Nowhere to go but the current place is lost soon: home.
         None if staying.is_infinite() && here != "local" => Some("local".into()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the committed run's calibration measured.
+    fn calibration() -> Calibration {
+        Calibration {
+            local_handler_ms: 33.6,
+            local_latency_ms: 49.7,
+            node_handler_ms: 8.3,
+            request_bytes: 5,
+            reply_bytes: 28_004,
+            offload_ms: 3140.0,
+            offload_bytes: 4326,
+            handoff_ms: 1273.0,
+            return_ms: 1583.0,
+            return_bytes: 6_546_869,
+            edge_latency_ms: 22.0,
+            penalty_s: [3.1, 0.9, 41.9],
+        }
+    }
+
+    /// An edge and the cloud, both good until 24 s, weak until a tunnel at 30 s takes them
+    /// both (as in the commute trace).
+    fn tunnel() -> Trace {
+        Trace::parse(
+            r#"{ "name": "tunnel", "description": "both go at 30 s", "duration_s": 60,
+                 "places": ["E1", "cloud"],
+                 "events": [
+                   { "at_s": 0, "links": {
+                       "E1": { "up_mbps": 10, "down_mbps": 36, "rtt_ms": 10 },
+                       "cloud": { "up_mbps": 10, "down_mbps": 36, "rtt_ms": 50 } } },
+                   { "at_s": 24, "links": {
+                       "E1": { "up_mbps": 3, "down_mbps": 10, "rtt_ms": 50 },
+                       "cloud": { "up_mbps": 3, "down_mbps": 10, "rtt_ms": 90 } } },
+                   { "at_s": 30, "links": { "E1": null, "cloud": null } } ] }"#,
+        )
+        .unwrap()
+    }
+
+    fn choice(trace: &Trace, now_s: f64, here: &str) -> Option<String> {
+        let urls = BTreeMap::new();
+        let calibration = calibration();
+        let view = View {
+            trace,
+            now_s,
+            urls: &urls,
+            calibration: &calibration,
+        };
+        oracle_choice(&view, here)
+    }
+
+    #[test]
+    fn the_oracle_offloads_while_coverage_lasts_and_goes_home_ahead_of_the_tunnel() {
+        let trace = tunnel();
+        assert_eq!(choice(&trace, 1.0, "local").as_deref(), Some("E1"));
+        assert_eq!(choice(&trace, 10.0, "E1"), None);
+        // Too close to the tunnel for the state to come home over the weak links later:
+        // home now, and not to the cloud, which is lost at the same moment (from either
+        // node: the two would take turns).
+        assert_eq!(choice(&trace, 22.0, "E1").as_deref(), Some("local"));
+        assert_eq!(choice(&trace, 22.0, "cloud").as_deref(), Some("local"));
+        // And once home it stays there.
+        assert_eq!(choice(&trace, 22.0, "local"), None);
     }
 }
