@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use roam_link::{Direction, Link, LinkSpec};
 
 /// A place in the topology.
@@ -80,7 +80,7 @@ impl NodeProcess {
         }
         let child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot start {}", roam.display()))?;
         let mut node = NodeProcess {
@@ -88,14 +88,24 @@ impl NodeProcess {
             url: format!("ws://{addr}"),
         };
         let stdout = node.child.stdout.take().context("the node's stdout")?;
+        let mut stderr = node.child.stderr.take().context("the node's stderr")?;
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
         reader.read_line(&mut line)?;
-        ensure!(
-            line.contains(&addr.to_string()),
-            "the node on {addr} did not start: its first line was `{}`",
-            line.trim()
-        );
+        if !line.contains(&addr.to_string()) {
+            // It exited (or said something else): what it wrote to stderr says why.
+            let _ = node.child.kill();
+            let mut said = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut said);
+            let said: Vec<&str> = said.lines().rev().take(5).collect();
+            bail!(
+                "the node on {addr} did not start: its first line was `{}`; its last words: {}",
+                line.trim(),
+                said.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            );
+        }
+        // Keep reading both, so a chatty node never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         // Keep reading so a chatty node never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         Ok(node)
@@ -115,7 +125,32 @@ impl Drop for NodeProcess {
 }
 
 /// A free port on loopback; the node binds it right after.
+///
+/// Not one the kernel picks (`127.0.0.1:0`): those come from the ephemeral range, which
+/// every outgoing connection draws its local port from too, and a benchmark opens many
+/// (probes, links, moves) between choosing a node's port and the node binding it. One
+/// taken meanwhile made the node exit before its first line. Ports below the ephemeral
+/// range are taken only by whoever binds them on purpose.
 pub fn free_addr() -> Result<SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    const LOWEST: u32 = 10_000;
+    if ephemeral_from <= LOWEST + 1_000 {
+        return Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?);
+    }
+    let span = ephemeral_from - LOWEST;
+    // Processes start apart from each other (by their id), and each goes on from there.
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let port = LOWEST + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return Ok(listener.local_addr()?);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
