@@ -394,10 +394,11 @@ impl AutoPlacer {
                 .set_module_bytes(handle.module_bytes());
             self.recall();
         }
-        // The probes run on this runtime, maybe on this very thread, beside an application
-        // that may never wait on anything while its worker runs here (a device that
-        // cannot keep up posts back to back): let them have their turn, or the links'
-        // estimates go stale and every node looks unreachable.
+        // Where no thread of its own could be started, the probes run on this runtime,
+        // maybe on this very thread, beside an application that may never wait on
+        // anything while its worker runs here (a device that cannot keep up posts back to
+        // back): let them have their turn, or the links' estimates go stale and every node
+        // looks unreachable.
         tokio::task::yield_now().await;
         let now = self.now();
         self.take_in(handle, now);
