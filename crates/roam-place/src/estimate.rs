@@ -202,6 +202,15 @@ pub struct LinkEstimator {
     raw: std::collections::VecDeque<f64>,
 }
 
+/// Whether a round trip of `rtt` seconds, against a baseline of `baseline`, is past the
+/// noise ([`LinkEstimate::loss_risk`] above 0).
+fn looks_faded(rtt: f64, baseline: f64) -> bool {
+    LinkEstimate::known(rtt, 0.0, 0.0)
+        .faded_from(baseline, 0.0)
+        .loss_risk()
+        > 0.0
+}
+
 /// Round trips whose lowest is the link's floor ([`LinkEstimate::rtt_floor`]).
 const FLOOR_OF: usize = 3;
 
@@ -259,11 +268,7 @@ impl LinkEstimator {
                 self.recent.pop_front();
             }
             self.recent.push_back((now, floor));
-            let baseline = self.baseline(floor);
-            let fading = LinkEstimate::known(floor, 0.0, 0.0)
-                .faded_from(baseline, 0.0)
-                .loss_risk()
-                > 0.0;
+            let fading = looks_faded(floor, self.baseline(floor));
             // A fade that comes and goes is one fade: it ends only once the link has not
             // looked faded for a while, so the time it has lasted keeps growing.
             if fading {
@@ -330,11 +335,7 @@ impl LinkEstimator {
         let Some(&last) = self.raw.back() else {
             return false;
         };
-        let baseline = self.baseline(self.floor());
-        LinkEstimate::known(last, 0.0, 0.0)
-            .faded_from(baseline, 0.0)
-            .loss_risk()
-            > 0.0
+        looks_faded(last, self.baseline(self.floor()))
     }
 
     /// The lowest floor of the window, `floor` included.
