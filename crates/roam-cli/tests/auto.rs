@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 use roam_cli::records::encode_records;
 use roam_cli::workloads::{physics_init, physics_step};
 use roam_client::{AutoOptions, AutoPlacer, Place, Requirements, WorkerHandle, WorkerOptions};
-use support::{worker, Node};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::{output_within, runtime, worker, Node, HANG_LIMIT};
 
 /// A cloud that calls itself slow and an edge that calls itself 100 times the reference
 /// core: the edge is where a busy worker should go.
@@ -84,16 +77,17 @@ fn a_busy_worker_goes_to_the_fast_edge_by_itself_and_loses_nothing() {
     let input = dir.path().join("messages");
     std::fs::write(&input, encode_records(messages.iter().map(Vec::as_slice))).unwrap();
     let run = |out: &Path, extra: &[&str]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_roam"))
-            .arg("exec")
-            .arg(worker("physics"))
-            .arg("--messages")
-            .arg(&input)
-            .arg("--out")
-            .arg(out)
-            .args(extra)
-            .output()
-            .unwrap();
+        let output = output_within(
+            Command::new(env!("CARGO_BIN_EXE_roam"))
+                .arg("exec")
+                .arg(worker("physics"))
+                .arg("--messages")
+                .arg(&input)
+                .arg("--out")
+                .arg(out)
+                .args(extra),
+            HANG_LIMIT,
+        );
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(output.status.success(), "roam exec failed: {stderr}");
         stderr

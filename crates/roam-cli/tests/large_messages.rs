@@ -6,14 +6,7 @@ mod support;
 
 use roam_cli::workloads::counter_expected;
 use roam_client::{MoveKind, Place, WorkerHandle, WorkerOptions};
-use support::{metric, worker, Node};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::{metric, runtime, worker, Node};
 
 /// Frame bytes node `url` has received.
 fn bytes_in(url: &str) -> u64 {

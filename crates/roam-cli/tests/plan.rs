@@ -9,22 +9,23 @@ use std::process::Command;
 
 use roam_cli::records::encode_records;
 use roam_cli::workloads;
-use support::{worker, Node};
+use support::{output_within, worker, Node, HANG_LIMIT};
 
 fn exec(dir: &Path, wasm: &Path, input: &[u8], extra: &[String]) -> Vec<u8> {
     let messages = dir.join("in.rec");
     let out = dir.join("out.rec");
     std::fs::write(&messages, input).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_roam"))
-        .arg("exec")
-        .arg(wasm)
-        .arg("--messages")
-        .arg(&messages)
-        .arg("--out")
-        .arg(&out)
-        .args(extra)
-        .output()
-        .unwrap();
+    let output = output_within(
+        Command::new(env!("CARGO_BIN_EXE_roam"))
+            .arg("exec")
+            .arg(wasm)
+            .arg("--messages")
+            .arg(&messages)
+            .arg("--out")
+            .arg(&out)
+            .args(extra),
+        HANG_LIMIT,
+    );
     assert!(
         output.status.success(),
         "roam exec failed: {}",

@@ -9,14 +9,7 @@ use std::time::Duration;
 
 use roam_cli::workloads::{counter_expected, counter_messages};
 use roam_client::{MoveKind, Place, WorkerHandle, WorkerOptions};
-use support::{worker, Node};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use support::{runtime, slow_link_to, worker, Node};
 
 /// Posts `messages` (window of 8 in flight), collecting replies as they come.
 async fn post_all(handle: &mut WorkerHandle, messages: &[Vec<u8>], replies: &mut Vec<Vec<u8>>) {
@@ -250,22 +243,11 @@ fn checkpoints_move_the_recovery_point_up_and_a_recovery_replays_only_what_follo
 #[test]
 fn a_node_killed_during_a_return_recovers_from_the_returns_first_round() {
     use roam_cli::workloads::{physics_init, physics_step};
-    use roam_link::{Link, LinkSpec};
 
     let mut a = Node::start("edge", None);
     // The state comes home over 10 Mbit/s: its rounds take seconds, time enough to lose
     // the node after the first is in and before the return ends.
-    let addr = a.url.strip_prefix("ws://").unwrap().parse().unwrap();
-    let link = Link::start(
-        LinkSpec::symmetric(10_000_000, Duration::from_millis(5)),
-        addr,
-    )
-    .unwrap();
-    let options = WorkerOptions {
-        routes: [(a.url.clone(), link.url())].into(),
-        checkpoint_every: None,
-        ..WorkerOptions::default()
-    };
+    let (_link, options) = slow_link_to(&a);
     let physics = std::fs::read(worker("physics")).unwrap();
     let mut messages = vec![physics_init(1000, 5)];
     messages.extend((0..400).map(|_| physics_step(1)));

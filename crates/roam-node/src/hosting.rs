@@ -8,14 +8,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use roam_proto::{ChunkHash, ErrorCode, Frame, WorkerId};
 use roam_runtime::{
     CaptureError, Delta, Failure, RestoreError, Runtime, Snapshot, Worker, WorkerModule,
 };
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::metrics::Metrics;
 
@@ -52,6 +52,8 @@ pub(crate) struct Hosted {
     commands: std_mpsc::Sender<Command>,
     sink: Arc<Mutex<Option<Sink>>>,
     flow: Arc<Mutex<Flow>>,
+    /// Told when a move or a checkpoint ends (see [`Hosting::end_move`]).
+    freed: Notify,
 }
 
 /// Which messages the worker took, and whether it is leaving.
@@ -64,6 +66,9 @@ struct Flow {
     moving: bool,
     /// A pre-copy runs: the worker still takes messages, but no other move may start.
     precopying: bool,
+    /// The pre-copy is a checkpoint's capture (a copy for the client, the worker stays):
+    /// a move that begins meanwhile waits for it rather than being refused.
+    copying: bool,
     /// Posts taken during a move: delivered if the move fails, dropped if it succeeds
     /// (the client replays them at the destination). In order of sequence number: it
     /// also takes the messages the worker's thread had queued and not yet begun when the
@@ -256,6 +261,7 @@ impl Hosting {
             handled: accepted,
             moving: false,
             precopying: false,
+            copying: false,
             held: Vec::new(),
         }));
         let thread_flow = flow.clone();
@@ -278,6 +284,7 @@ impl Hosting {
             commands,
             sink,
             flow,
+            freed: Notify::new(),
         });
         workers.insert(worker, hosted);
         self.metrics.set_workers(workers.len());
@@ -363,13 +370,7 @@ impl Hosting {
         let hosted = self
             .get(worker)
             .ok_or(BeginMoveError::UnknownWorker(worker))?;
-        {
-            let mut flow = hosted.flow.lock().expect("worker flow");
-            if flow.moving || flow.precopying {
-                return Err(BeginMoveError::AlreadyMoving(worker));
-            }
-            flow.moving = true;
-        }
+        claim(&hosted, worker, |flow| flow.moving = true).await?;
         let (reply, answer) = oneshot::channel();
         let _ = hosted.commands.send(Command::Capture { reply });
         let captured = match answer.await {
@@ -395,7 +396,21 @@ impl Hosting {
 
     /// Starts a pre-copy of `worker`: no other move may start until
     /// [`end_move`](Hosting::end_move), but the worker goes on taking messages.
-    pub(crate) fn begin_precopy(&self, worker: WorkerId) -> Result<Arc<Hosted>, BeginMoveError> {
+    pub(crate) async fn begin_precopy(
+        &self,
+        worker: WorkerId,
+    ) -> Result<Arc<Hosted>, BeginMoveError> {
+        let hosted = self
+            .get(worker)
+            .ok_or(BeginMoveError::UnknownWorker(worker))?;
+        claim(&hosted, worker, |flow| flow.precopying = true).await?;
+        Ok(hosted)
+    }
+
+    /// Starts a checkpoint's capture of `worker`, as [`begin_precopy`](Self::begin_precopy)
+    /// but refused at once while a move is under way, and waited for by a move that begins
+    /// before [`end_move`](Hosting::end_move).
+    pub(crate) fn begin_checkpoint(&self, worker: WorkerId) -> Result<Arc<Hosted>, BeginMoveError> {
         let hosted = self
             .get(worker)
             .ok_or(BeginMoveError::UnknownWorker(worker))?;
@@ -404,6 +419,7 @@ impl Hosting {
             return Err(BeginMoveError::AlreadyMoving(worker));
         }
         flow.precopying = true;
+        flow.copying = true;
         drop(flow);
         Ok(hosted)
     }
@@ -454,6 +470,7 @@ impl Hosting {
         let mut flow = hosted.flow.lock().expect("worker flow");
         flow.moving = false;
         flow.precopying = false;
+        flow.copying = false;
         for (seq, payload) in flow.held.drain(..) {
             let _ = hosted.commands.send(Command::Deliver {
                 seq,
@@ -461,6 +478,8 @@ impl Hosting {
                 quiet: false,
             });
         }
+        drop(flow);
+        hosted.freed.notify_waiters();
     }
 
     /// Drops a worker: its thread ends once it finishes what it was given.
@@ -478,6 +497,42 @@ impl Hosting {
                 drop(flow);
                 self.drop_worker(worker);
             }
+        }
+    }
+}
+
+/// How long a move waits for a checkpoint's capture of its worker to end (the capture
+/// waits for the messages the worker has queued) before the move is refused.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+
+/// Marks `hosted` as moving with `mark`, once no other move or capture is under way. A
+/// checkpoint's capture is waited for (up to [`CHECKPOINT_WAIT`]): a client that asks for
+/// a move just after a checkpoint began would otherwise be refused for a copy it no longer
+/// wants. Anything else under way refuses the move at once.
+async fn claim(
+    hosted: &Hosted,
+    worker: WorkerId,
+    mark: fn(&mut Flow),
+) -> Result<(), BeginMoveError> {
+    let deadline = tokio::time::Instant::now() + CHECKPOINT_WAIT;
+    loop {
+        // Registered before the flow is read, so an end in between is not missed.
+        let freed = hosted.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        {
+            let mut flow = hosted.flow.lock().expect("worker flow");
+            if !flow.moving && !flow.precopying {
+                mark(&mut flow);
+                return Ok(());
+            }
+            if !flow.copying {
+                return Err(BeginMoveError::AlreadyMoving(worker));
+            }
+        }
+        tracing::debug!("a move waits for a checkpoint's capture");
+        if tokio::time::timeout_at(deadline, freed).await.is_err() {
+            return Err(BeginMoveError::AlreadyMoving(worker));
         }
     }
 }

@@ -166,7 +166,7 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     on_resumed: &mut (dyn FnMut(u64) + Send),
 ) -> Result<(u64, PrecopyReport), PrecopyError> {
     let worker = live.worker;
-    let hosted = live.hosting.begin_precopy(worker)?;
+    let hosted = live.hosting.begin_precopy(worker).await?;
     let module = hosted.module.clone();
     // Version 1 peers know no StateRound: they get the state in one paused round. So does
     // a worker with a backlog: it cannot keep up here, its rounds would each wait for the

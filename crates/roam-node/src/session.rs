@@ -355,7 +355,7 @@ async fn checkpoint_worker(
     worker: WorkerId,
 ) -> Result<(), LinkError> {
     tracing::Span::current().record("worker", format!("{worker:032x}"));
-    let hosted = match node.hosting.begin_precopy(worker) {
+    let hosted = match node.hosting.begin_checkpoint(worker) {
         Ok(hosted) => hosted,
         Err(e) => {
             return link

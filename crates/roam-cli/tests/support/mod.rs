@@ -3,9 +3,77 @@
 // Each test binary uses a part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a `roam` command in these tests may take before it counts as hung: minutes
+/// more than any of them needs on a loaded machine, and far less than CI's limit.
+pub const HANG_LIMIT: Duration = Duration::from_secs(180);
+
+/// Runs `cmd` to its end like [`Command::output`], unless it runs longer than `limit`:
+/// then it is killed and the test fails with what it wrote, so that a hang shows where it
+/// stopped instead of holding the whole run.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the command can be waited for") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = stderr.join().unwrap_or_default();
+            panic!(
+                "{cmd:?} ran longer than {limit:?} and was killed; its stderr:\n{}",
+                String::from_utf8_lossy(&err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Where a node's stderr goes: a file in `$ROAM_TEST_LOGS` when that is set (set
+/// `RUST_LOG` too to choose what the nodes log), nowhere otherwise.
+fn node_stderr(role: &str) -> Stdio {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let Some(dir) = std::env::var_os("ROAM_TEST_LOGS") else {
+        return Stdio::null();
+    };
+    let name = format!(
+        "{role}-{}-{}.log",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    std::fs::create_dir_all(&dir).expect("ROAM_TEST_LOGS can be created");
+    std::fs::File::create(Path::new(&dir).join(name))
+        .map(Stdio::from)
+        .expect("a node log can be created in ROAM_TEST_LOGS")
+}
 
 pub fn workers_dir() -> PathBuf {
     std::env::var_os("ROAM_WORKERS_DIR")
@@ -30,6 +98,14 @@ pub fn quick_bench(name: &str, extra: &[&std::ffi::OsStr], out: &Path) -> serde_
     );
     let json = std::fs::read(out.join(format!("{name}.json"))).unwrap();
     serde_json::from_slice(&json).unwrap()
+}
+
+/// A single-threaded runtime, as an application's worker thread has.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The path of an example worker, which `cargo xtask build-workers` builds.
@@ -86,7 +162,7 @@ impl Node {
         ])
         .arg(dir.path())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(node_stderr(role));
         if let Some(cloud) = cloud {
             cmd.args(["--cloud", cloud]);
         }
@@ -118,4 +194,22 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill_hard();
     }
+}
+
+/// A link of 10 Mbit/s each way and 5 ms of delay in front of `node`, and the options of a
+/// worker handle that reaches the node through it (without checkpoints, which would share
+/// the link): moves of a few MiB take seconds.
+pub fn slow_link_to(node: &Node) -> (roam_link::Link, roam_client::WorkerOptions) {
+    let addr = node.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let link = roam_link::Link::start(
+        roam_link::LinkSpec::symmetric(10_000_000, Duration::from_millis(5)),
+        addr,
+    )
+    .unwrap();
+    let options = roam_client::WorkerOptions {
+        routes: [(node.url.clone(), link.url())].into(),
+        checkpoint_every: None,
+        ..roam_client::WorkerOptions::default()
+    };
+    (link, options)
 }

@@ -69,3 +69,52 @@ async fn only_the_owner_may_take_a_checkpoint() {
     // The owner's worker is untouched.
     assert_eq!(client.post(71, 1, &message(1)).await.len(), 1);
 }
+
+/// A checkpoint's capture waits for the messages the worker has queued; a return asked for
+/// meanwhile waits for the capture instead of being refused as a second move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_asked_during_a_checkpoints_capture_waits_for_it() {
+    use crate::precopy::{filler, FILLER, PAGES};
+
+    let node = TestNode::start(NodeRole::Edge).await;
+    let wasm = wat::parse_str(FILLER).unwrap();
+    let mut local = LocalWorker::start(&wasm, 72, 0);
+    let mut twin = LocalWorker::start(&wasm, 72, 0);
+    let mut client = Client::hello(&node.url).await;
+    client.offload(&mut local).await;
+    // A backlog: each message rewrites all 16 MiB.
+    let backlog = 30;
+    for seq in 1..=backlog {
+        let payload = filler(PAGES, 100, seq as u32);
+        twin.deliver(&payload);
+        client
+            .send(&Frame::Post {
+                worker: 72,
+                seq,
+                payload,
+            })
+            .await;
+    }
+    let attach = Frame::Attach {
+        worker: 72,
+        secret: local.secret,
+    };
+    let mut copier = Client::hello(&node.url).await;
+    copier.send(&attach).await;
+    assert!(matches!(copier.recv().await, Frame::Attached { .. }));
+    copier.send(&Frame::Checkpoint { worker: 72 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // On the connection the replies go to: the worker finishes what it took, then its
+    // state comes back.
+    let state = client.take_back(72).await;
+    assert_eq!(
+        state.manifest.last_seq, backlog,
+        "every message was handled first"
+    );
+    let mut back = LocalWorker::start(&wasm, 72, 0);
+    back.restore(&state);
+    assert!(
+        back.worker.memory() == twin.worker.memory(),
+        "the returned worker's memory differs from a worker that never moved"
+    );
+}
