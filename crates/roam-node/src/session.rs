@@ -84,11 +84,10 @@ async fn drive(node: &Arc<Node>, link: &mut NodeLink) -> Result<(), LinkError> {
         }
         link.flush_deferred().await?;
         tokio::select! {
-            received = link.wire.receive() => {
-                let Some(frame) = link.decode(received).await? else { continue };
-                handle(node, link, &sink, &mut outgoing, &mut registered, frame).await?;
-            }
-            Some(frame) = outgoing.recv() => link.send(frame).await?,
+            // In this order: the node's shutdown; then what the workers and moves have to
+            // say, so that a Moved reaches the client before anything said of a message
+            // that arrived after it; then the peer.
+            biased;
             () = until_stopped(&mut shutdown) => {
                 // Let the workers' last answers out before saying goodbye.
                 while let Ok(frame) = outgoing.try_recv() {
@@ -96,6 +95,11 @@ async fn drive(node: &Arc<Node>, link: &mut NodeLink) -> Result<(), LinkError> {
                 }
                 link.send(Frame::Goodbye { reason: "the node is shutting down".into() }).await?;
                 return Ok(());
+            }
+            Some(frame) = outgoing.recv() => link.send(frame).await?,
+            received = link.wire.receive() => {
+                let Some(frame) = link.decode(received).await? else { continue };
+                handle(node, link, &sink, &mut outgoing, &mut registered, frame).await?;
             }
         }
     }
@@ -172,6 +176,13 @@ async fn handle(
                 .hosting
                 .post(worker, seq, payload.to_vec(), quiet, sink)
             {
+                // A worker handed off since the Post left the client is gone from here,
+                // and its Moved may still wait in `outgoing`: it goes out first, so the
+                // client switches over (and replays this message at the destination)
+                // instead of taking the refusal for a failed move.
+                while let Ok(frame) = outgoing.try_recv() {
+                    link.send(frame).await?;
+                }
                 let code = match e {
                     PostError::UnknownWorker(_) => ErrorCode::UnknownWorker,
                     PostError::Gap { .. } => ErrorCode::UnexpectedFrame,

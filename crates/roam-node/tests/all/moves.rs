@@ -1,6 +1,8 @@
 //! Moves between nodes: handoff edge to edge, a refused handoff, fallback through the
 //! cloud (hosted there, or forwarded to another edge).
 
+use std::time::Duration;
+
 use roam_node::NodeRole;
 use roam_proto::{ErrorCode, Frame};
 
@@ -243,4 +245,54 @@ async fn fallback_with_a_wrong_secret_is_refused_and_the_worker_stays() {
     let (code, worker, _) = at_cloud.recv_error().await;
     assert_eq!((code, worker), (ErrorCode::Unauthorized, Some(22)));
     assert!(at_a.post(22, 1, &message(1)).await.len() == 1);
+}
+
+/// The client keeps posting while the worker is handed off. The source answers a Post
+/// that arrives after the worker left with an Error, but never ahead of Moved: the
+/// client would take it for a failed move. Twenty handoffs back and forth, each under a
+/// stream of Posts. (The race this guards against, a Post handled between the worker's
+/// drop and the Moved waiting in the session's queue, showed only on a loaded machine:
+/// `roam exec --plan` in a loop beside two busy loops failed within two minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_reaches_the_client_before_any_refusal_of_a_later_post() {
+    let nodes = [
+        TestNode::start(NodeRole::Edge).await,
+        TestNode::start(NodeRole::Edge).await,
+    ];
+    let mut local = LocalWorker::counter(16, 0);
+    let mut client = Client::hello(&nodes[0].url).await;
+    client.offload(&mut local).await;
+    let mut handled = 0;
+    for move_ in 0..20 {
+        let destination = nodes[(move_ + 1) % 2].url.clone();
+        client
+            .send(&Frame::MoveOut {
+                worker: 16,
+                destination: destination.clone(),
+            })
+            .await;
+        // Posts stream in, one every few microseconds, until Moved arrives.
+        let mut seq = handled;
+        let last_seq = 'moved: loop {
+            seq += 1;
+            client
+                .send(&Frame::Post {
+                    worker: 16,
+                    seq,
+                    payload: message(seq),
+                })
+                .await;
+            while let Some(frame) = client.recv_within(Duration::from_micros(50)).await {
+                match frame {
+                    Frame::Moved { last_seq, .. } => break 'moved last_seq,
+                    Frame::Reply { .. } | Frame::Handled { .. } => {}
+                    other => panic!("move {move_}: expected Moved, got {other:?}"),
+                }
+            }
+        };
+        handled = last_seq;
+        let (at_destination, attached_at) = attach(&destination, 16, local.secret).await;
+        assert_eq!(attached_at, last_seq, "move {move_}");
+        client = at_destination;
+    }
 }

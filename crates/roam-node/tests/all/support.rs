@@ -251,6 +251,17 @@ impl Client {
         }
     }
 
+    /// The next frame if one arrives within `wait` (`None` for a WebSocket ping or pong).
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Frame> {
+        match tokio::time::timeout(wait, self.socket.next()).await {
+            Err(_) | Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => None,
+            Ok(Some(Ok(Message::Binary(bytes)))) => {
+                Some(Frame::decode(&bytes, &FrameLimits::default()).unwrap())
+            }
+            Ok(other) => panic!("the node closed the connection: {other:?}"),
+        }
+    }
+
     pub async fn recv(&mut self) -> Frame {
         self.next()
             .await
