@@ -187,10 +187,10 @@ const SETTLE_AT_MOST: Duration = Duration::from_secs(3);
 /// How often the worker's state is copied back while its node's link fades.
 const FADING_CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 
-/// An offload pauses the worker from the start when pre-copy's first round would take
-/// long enough for the worker to rewrite at least this share of its state meanwhile: the
-/// next round would be about as large, so running on through the rounds only makes the
-/// move longer.
+/// An offload or a return pauses the worker from the start when pre-copy's first round
+/// would take long enough for the worker to rewrite at least this share of its state
+/// meanwhile: the next round would be about as large, so running on through the rounds
+/// only makes the move longer.
 const REWRITE_FOR_STOP_AND_COPY: f64 = 0.5;
 
 /// One candidate node, shared between its probe task and the placer.
@@ -469,7 +469,11 @@ impl AutoPlacer {
             // Light messages: the worker runs on here while its state crosses, and the
             // node catches up on them.
             Some(roam_place::MoveKind::Offload) if handle.light_messages() => MoveMode::CatchUp,
-            Some(roam_place::MoveKind::Offload) => self.offload_mode(now, to),
+            Some(roam_place::MoveKind::Offload) => self.state_mode(now, to, Direction::Up),
+            Some(roam_place::MoveKind::Return) => {
+                let from = self.planner.current().to_string();
+                self.state_mode(now, &from, Direction::Down)
+            }
             _ => MoveMode::PreCopy,
         };
         handle.begin_move_with(place.clone(), mode).await?;
@@ -554,22 +558,26 @@ impl AutoPlacer {
         }
     }
 
-    /// How an offload to `to` should send the state: paused from the start when the
-    /// worker would rewrite much of it while the first round crosses the link.
-    fn offload_mode(&self, now: f64, to: &str) -> MoveMode {
+    /// How an offload to `node` (state going `Up`) or a return from it (`Down`) should
+    /// send the state: paused from the start when the worker would rewrite much of it
+    /// while the first round crosses the link.
+    fn state_mode(&self, now: f64, node: &str, direction: Direction) -> MoveMode {
         let state = self.planner.profile().state_bytes() as f64;
-        let up = self
+        let bandwidth = self
             .nodes
             .lock()
             .expect("placer nodes")
-            .get(to)
+            .get(node)
             .and_then(|p| p.link.estimate(now))
-            .map(|e| e.up);
-        let (Some(rate), Some(up)) = (self.rewrite_rate, up) else {
-            tracing::debug!(rate = ?self.rewrite_rate, ?up, "offload mode: pre-copy, nothing measured");
+            .map(|e| match direction {
+                Direction::Up => e.up,
+                Direction::Down => e.down,
+            });
+        let (Some(rate), Some(bandwidth)) = (self.rewrite_rate, bandwidth) else {
+            tracing::debug!(rate = ?self.rewrite_rate, ?bandwidth, ?direction, "move mode: pre-copy, nothing measured");
             return MoveMode::PreCopy;
         };
-        let first_round = state / up.max(1.0);
+        let first_round = state / bandwidth.max(1.0);
         let rewritten = (rate * COMPRESSION_GUESS * first_round).min(state);
         let mode = if state > 0.0 && rewritten >= REWRITE_FOR_STOP_AND_COPY * state {
             MoveMode::StopAndCopy
@@ -580,8 +588,9 @@ impl AutoPlacer {
             state_bytes = state,
             first_round_s = first_round,
             rewritten_bytes = rewritten,
+            ?direction,
             ?mode,
-            "offload mode"
+            "move mode"
         );
         mode
     }

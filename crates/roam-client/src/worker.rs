@@ -113,7 +113,7 @@ pub struct Reply {
     pub payload: Vec<u8>,
 }
 
-/// How an offload sends the worker's state.
+/// How an offload (or a return) sends the worker's state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MoveMode {
     /// In rounds while the worker keeps running here, as [`WorkerOptions::precopy_rounds`]
@@ -126,6 +126,11 @@ pub enum MoveMode {
     /// rewrites its state faster than the link carries it (every round would be as large
     /// as the first, and the last one pauses the worker anyway), or when this device
     /// cannot keep up with the messages and is better relieved of them at once.
+    ///
+    /// For a return the node still sends its rounds, but the handle holds back every
+    /// message posted from the start (they run here once the state is in): the worker
+    /// idles at the node once the messages in flight are handled, so the rounds after
+    /// the first carry only what those changed.
     StopAndCopy,
     /// Once, with the worker running on here; the node then catches up by handling the
     /// messages handled here since, and the handle switches over once it has (see
@@ -322,6 +327,9 @@ struct PendingReturn {
     /// The state as its first pre-copy round left it, once every body of that round is
     /// in: a copy as good as a checkpoint, should the node be lost before the return ends.
     first_round: FirstRound,
+    /// Whether messages posted meanwhile wait here for the state ([`MoveMode::StopAndCopy`])
+    /// rather than go on to the node.
+    hold: bool,
 }
 
 /// Where a transfer leaves the state of its first round (see [`PendingReturn`]).
@@ -629,7 +637,9 @@ impl WorkerHandle {
             return Ok(());
         }
         if (self.handoff.is_some() || self.returning.is_some())
-            && (payload.len() >= WAITS_FOR_DESTINATION || seq > self.sent_through + 1)
+            && (payload.len() >= WAITS_FOR_DESTINATION
+                || seq > self.sent_through + 1
+                || self.returning.as_ref().is_some_and(|r| r.hold))
         {
             // It waits in the log for the move's end (and so does every message after it:
             // a node takes them in order): the replay at the destination sends it, or, if
@@ -1172,6 +1182,7 @@ impl WorkerHandle {
             }
             Err(e) if self.handoff.is_some() => {
                 // The source refused the handoff: the worker stays there.
+                tracing::debug!("the handoff failed: {e}");
                 if let Some(pending) = self.handoff.take() {
                     pending.next.abort();
                 }
@@ -1319,7 +1330,9 @@ impl WorkerHandle {
     }
 
     /// As [`begin_move`](Self::begin_move), with an offload's state sent as `mode` says.
-    /// (A handoff and a return are sent by the node, which paces its own rounds.)
+    /// A handoff and a return are sent by the node, which paces its own rounds; a return
+    /// in [`MoveMode::StopAndCopy`] holds back the messages posted meanwhile, and any
+    /// other mode lets them run at the node until the state is in.
     pub async fn begin_move_with(&mut self, to: Place, mode: MoveMode) -> Result<(), ClientError> {
         if self.moving() {
             return Err(ClientError::Usage(
@@ -1330,7 +1343,9 @@ impl WorkerHandle {
             (Placement::Remote(conn), Place::Node(url)) if conn.url() != url => {
                 self.begin_handoff(url).await
             }
-            (Placement::Remote(_), Place::Local) => self.begin_return().await,
+            (Placement::Remote(_), Place::Local) => {
+                self.begin_return(mode == MoveMode::StopAndCopy).await
+            }
             (Placement::Local(_), Place::Node(url)) => {
                 let rounds = match mode {
                     MoveMode::PreCopy => self.options.precopy_rounds,
@@ -1740,6 +1755,12 @@ impl WorkerHandle {
             destination: url.to_string(),
         })
         .await?;
+        tracing::debug!(
+            from,
+            to = url,
+            sent_through = self.sent_through,
+            "handoff asked for"
+        );
         let (next_url, options) = (url.to_string(), self.options.clone());
         self.handoff = Some(PendingHandoff {
             from,
@@ -1760,6 +1781,13 @@ impl WorkerHandle {
             return Ok(None);
         };
         let pending = self.handoff.take().expect("a handoff is under way");
+        tracing::debug!(
+            from = pending.from,
+            to = pending.to,
+            last_seq,
+            sent_through = self.sent_through,
+            "handoff: the worker runs at the destination"
+        );
         let Placement::Remote(old) = std::mem::replace(&mut self.placement, Placement::Nowhere)
         else {
             unreachable!("handoff starts remote")
@@ -1834,7 +1862,7 @@ impl WorkerHandle {
 
     /// Node → local: the node sends the state back; the worker resumes here.
     async fn return_home(&mut self) -> Result<(u64, u64), ClientError> {
-        self.begin_return().await?;
+        self.begin_return(false).await?;
         while self.returning.is_some() {
             match self.pump_raw().await? {
                 Pumped::Returned(returned) => {
@@ -1852,8 +1880,9 @@ impl WorkerHandle {
     }
 
     /// Asks the node for the worker back on a connection of its own, so the main one goes
-    /// on carrying messages while the state travels (in pre-copy rounds).
-    async fn begin_return(&mut self) -> Result<(), ClientError> {
+    /// on carrying messages while the state travels (in pre-copy rounds), unless `hold`:
+    /// then messages posted meanwhile wait here for the state.
+    async fn begin_return(&mut self, hold: bool) -> Result<(), ClientError> {
         let Placement::Remote(conn) = &self.placement else {
             unreachable!("return starts remote");
         };
@@ -1886,6 +1915,7 @@ impl WorkerHandle {
             started: Instant::now(),
             task,
             first_round,
+            hold,
         });
         Ok(())
     }
