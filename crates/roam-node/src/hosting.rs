@@ -265,6 +265,7 @@ impl Hosting {
             held: Vec::new(),
         }));
         let thread_flow = flow.clone();
+        let table = Arc::downgrade(self);
         std::thread::Builder::new()
             .name(format!("roam-worker-{:08x}", worker as u32))
             .spawn(move || {
@@ -275,6 +276,7 @@ impl Hosting {
                     thread_sink,
                     thread_flow,
                     metrics,
+                    table,
                 )
             })
             .map_err(|e| AdoptError::Thread(e.to_string()))?;
@@ -489,6 +491,19 @@ impl Hosting {
         self.metrics.set_workers(workers.len());
     }
 
+    /// Drops the worker whose thread follows `flow`, if the table still holds that one (and
+    /// not a worker of the same id hosted since).
+    fn drop_lost(&self, worker: WorkerId, flow: &Arc<Mutex<Flow>>) {
+        let mut workers = self.workers.lock().expect("worker table");
+        if workers
+            .get(&worker)
+            .is_some_and(|hosted| Arc::ptr_eq(&hosted.flow, flow))
+        {
+            workers.remove(&worker);
+            self.metrics.set_workers(workers.len());
+        }
+    }
+
     /// Drops a worker whose state a client has taken back, unless it is moving.
     pub(crate) fn release(&self, worker: WorkerId) {
         if let Some(hosted) = self.get(worker) {
@@ -538,7 +553,10 @@ async fn claim(
 }
 
 /// The loop of a worker's thread: one command at a time, in order, until the table drops
-/// the worker (the channel closes).
+/// the worker (the channel closes), or until the worker's state is found lost (a post-copy
+/// source that went away): then it takes itself out of `table` and ends, freeing its
+/// memory, and the node answers its client's next message UnknownWorker.
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     id: WorkerId,
     mut worker: Worker,
@@ -546,6 +564,7 @@ fn run_worker(
     sink: Arc<Mutex<Option<Sink>>>,
     flow: Arc<Mutex<Flow>>,
     metrics: Arc<Metrics>,
+    table: std::sync::Weak<Hosting>,
 ) {
     let span = tracing::info_span!("worker", worker = %format!("{id:032x}"));
     let _enter = span.enter();
@@ -611,11 +630,24 @@ fn run_worker(
                 };
                 metrics.observe_message(started.elapsed());
                 flow.lock().expect("worker flow").handled = seq;
+                let lost = matches!(
+                    frames.first(),
+                    Some(Frame::Error {
+                        code: ErrorCode::StateLost,
+                        ..
+                    })
+                );
                 let sink = sink.lock().expect("worker sink").clone();
                 if let Some(sink) = sink {
                     for frame in frames {
                         let _ = sink.send(frame);
                     }
+                }
+                if lost {
+                    if let Some(table) = table.upgrade() {
+                        table.drop_lost(id, &flow);
+                    }
+                    return;
                 }
             }
             Command::Capture { reply } => {

@@ -113,6 +113,26 @@ async fn a_worker_whose_post_copy_source_goes_away_is_reported_lost() {
     let (code, worker, message) = at_b.recv_error().await;
     assert_eq!(code, ErrorCode::StateLost, "{message}");
     assert_eq!(worker, Some(51));
+    // B lets the lost worker go, and its memory with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = b.get("/metrics").await;
+        if metric(&metrics, "roam_workers_hosted") == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still hosts the lost worker\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    at_b.send(&Frame::Post {
+        worker: 51,
+        seq: 3,
+        payload: filler(PAGES, 100, 3),
+    })
+    .await;
+    assert_eq!(at_b.recv_error().await.0, ErrorCode::UnknownWorker);
     // B keeps serving: another worker offloaded to it runs.
     let mut counter = LocalWorker::counter(52, 3);
     let mut client = Client::hello(&b.url).await;
