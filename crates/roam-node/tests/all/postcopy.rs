@@ -141,3 +141,23 @@ async fn a_worker_whose_post_copy_source_goes_away_is_reported_lost() {
     let expected = counter.deliver(&payload);
     assert_eq!(client.post(52, 4, &payload).await, expected);
 }
+
+/// A move asked for while the worker's memory is still arriving post-copy goes ahead: its
+/// capture reads every page, and so waits for (or fetches) the ones not yet in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_asked_while_the_memory_arrives_waits_for_it() {
+    if let Err(why) = roam_runtime::post_copy_available() {
+        eprintln!("skipped: post-copy is not available here ({why})");
+        return;
+    }
+    let (a, b, _link) = nodes().await;
+    let (mut at_b, twin) = handed_off(&a, &b, 53).await;
+    // 16 MiB of noise takes over 5 s to reach B: the return is asked for long before.
+    let state = at_b.take_back(53).await;
+    let mut back = LocalWorker::start(&wat::parse_str(FILLER).unwrap(), 53, 0);
+    back.restore(&state);
+    assert!(
+        back.worker.memory() == twin.worker.memory(),
+        "the returned worker differs from a worker that never moved"
+    );
+}
