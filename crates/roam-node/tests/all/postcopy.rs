@@ -28,6 +28,18 @@ async fn nodes() -> (TestNode, TestNode, roam_link::Link) {
     (a, b, link)
 }
 
+/// Whether this machine can run post-copy (userfaultfd); a test that needs it says it is
+/// skipped otherwise.
+fn post_copy_here() -> bool {
+    match roam_runtime::post_copy_available() {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("skipped: post-copy is not available here ({why})");
+            false
+        }
+    }
+}
+
 /// A filler worker whose 16 MiB are noise on `a`, handed to `b`: returns the client's
 /// connection to B (attached) and the local twin that never moved.
 async fn handed_off(a: &TestNode, b: &TestNode, id: WorkerId) -> (Client, LocalWorker) {
@@ -62,8 +74,7 @@ async fn handed_off(a: &TestNode, b: &TestNode, id: WorkerId) -> (Client, LocalW
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_copy_handoff_runs_the_worker_before_its_memory_arrives() {
-    if let Err(why) = roam_runtime::post_copy_available() {
-        eprintln!("skipped: post-copy is not available here ({why})");
+    if !post_copy_here() {
         return;
     }
     let (a, b, _link) = nodes().await;
@@ -96,8 +107,7 @@ async fn a_post_copy_handoff_runs_the_worker_before_its_memory_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_post_copy_source_goes_away_is_reported_lost() {
-    if let Err(why) = roam_runtime::post_copy_available() {
-        eprintln!("skipped: post-copy is not available here ({why})");
+    if !post_copy_here() {
         return;
     }
     let (a, b, link) = nodes().await;
@@ -146,8 +156,7 @@ async fn a_worker_whose_post_copy_source_goes_away_is_reported_lost() {
 /// capture reads every page, and so waits for (or fetches) the ones not yet in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_return_asked_while_the_memory_arrives_waits_for_it() {
-    if let Err(why) = roam_runtime::post_copy_available() {
-        eprintln!("skipped: post-copy is not available here ({why})");
+    if !post_copy_here() {
         return;
     }
     let (a, b, _link) = nodes().await;
