@@ -65,8 +65,9 @@ pub struct MoveRow {
     pub runs: usize,
     /// Median settle time, ms.
     pub settle_ms: f64,
-    /// Median stall: the longest gap between two replies around the move minus the
-    /// steady-state time per message at the destination, ms.
+    /// Median stall: the most a gap between two replies around the move exceeded the
+    /// steady-state time per message of the place that answered the second one (the
+    /// source for a message the moved state had handled, else the destination), ms.
     pub stall_ms: f64,
     /// Steady-state time between two replies at the destination (median over every phase
     /// there in the application's rounds), ms.
@@ -277,7 +278,19 @@ fn summarize(
     let medu = |f: &dyn Fn(&MoveSample) -> u64| med(&|s| f(s) as f64).round() as u64;
     let limit =
         |s: &MoveSample| s.rtt_ms + s.wire_bytes as f64 * 8.0 / s.bandwidth_bps as f64 * 1e3;
-    let stall = |s: &MoveSample| (s.longest_gap_ms - steady_ms).max(0.0);
+    // A gap that ends in a reply from the source is measured against the source's pace,
+    // one that ends in a reply from the destination against the destination's: a return
+    // from a node the application could only feed a picture every 1.5 s to a device that
+    // answers every 0.3 s would otherwise count the node's own pace as the move's.
+    let source_steady_ms = phases
+        .get(&site_named(&first.from))
+        .filter(|t| !t.gaps_ms.is_empty())
+        .map_or(steady_ms, |t| median(t.gaps_ms.clone()));
+    let stall = |s: &MoveSample| {
+        (s.longest_gap_source_ms - source_steady_ms)
+            .max(s.longest_gap_destination_ms - steady_ms)
+            .max(0.0)
+    };
     // The round trip the user waits on: the state's link, or the device's to the destination.
     let from_device = if site == Site::Device {
         0.0

@@ -140,3 +140,37 @@ fn large_messages_that_waited_for_a_failed_handoff_go_to_the_source() {
     );
     assert_eq!(out.replies, counter_expected(&messages));
 }
+
+#[test]
+fn large_messages_posted_during_a_slow_handoff_go_ahead_to_the_destination() {
+    // A reaches B through a link with a 300 ms round trip: the handoff takes several of
+    // them, while the client reaches B directly and sends it the large messages ahead.
+    let b = Node::start("edge", None);
+    let b_addr = b.url.strip_prefix("ws://").unwrap().parse().unwrap();
+    let a_to_b = roam_link::Link::start(
+        roam_link::LinkSpec::symmetric(1_000_000_000, std::time::Duration::from_millis(300)),
+        b_addr,
+    )
+    .unwrap();
+    let route = format!("{}={}", b.url, a_to_b.url());
+    let a = Node::start_with("edge", None, &["--route", &route]);
+    let messages: Vec<Vec<u8>> = (0..24).map(message).collect();
+    let out = runtime().block_on(move_while_posting(
+        &a.url,
+        Place::Node(b.url.clone()),
+        &messages[..6],
+        &messages[6..],
+    ));
+    assert_eq!(out.moved, Ok(MoveKind::Handoff));
+    assert_eq!(out.replies, counter_expected(&messages));
+    assert!(
+        out.source_bytes_in < 64 << 10,
+        "A received {} bytes during the handoff",
+        out.source_bytes_in
+    );
+    let ahead = metric(&b.url, "roam_messages_ahead_total");
+    assert!(
+        ahead >= 3,
+        "B was sent {ahead} messages ahead of the worker; the 18 posted during the move waited"
+    );
+}

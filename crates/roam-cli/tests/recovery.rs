@@ -310,3 +310,43 @@ fn a_node_killed_during_a_return_recovers_from_the_returns_first_round() {
         "the replies differ from a worker that never moved"
     );
 }
+
+#[test]
+fn a_fallback_delivers_the_replies_the_lost_link_never_brought() {
+    // The device reaches B through a link; the cloud reaches B directly. The link is cut
+    // after B handled the last message but while its reply was still on the way: the
+    // state the cloud takes from B has handled it, and the reply exists nowhere else.
+    let cloud = Node::start("cloud", None);
+    let b = Node::start("edge", Some(&cloud.url));
+    let (link, options) = slow_link_to(&b);
+    let messages = counter_messages(60);
+    let mut replies = Vec::new();
+    runtime().block_on(async {
+        let mut handle = WorkerHandle::start(&counter(), options).unwrap();
+        handle.move_to(Place::Node(b.url.clone())).await.unwrap();
+        post_all(&mut handle, &messages[..29], &mut replies).await;
+        finish(&mut handle, &mut replies).await;
+        // One message, and a link slow enough to cut it with its reply half-way back.
+        link.set_spec(roam_link::LinkSpec::symmetric(
+            100_000_000,
+            Duration::from_millis(2000),
+        ))
+        .unwrap();
+        handle.post(messages[29].clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        link.set_down(true);
+        let report = handle
+            .move_to(Place::Relay {
+                cloud: cloud.url.clone(),
+                to: cloud.url.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.kind, MoveKind::Fallback);
+        assert_eq!(report.replayed, 0, "B had handled message 30");
+        post_all(&mut handle, &messages[30..], &mut replies).await;
+        finish(&mut handle, &mut replies).await;
+    });
+    assert_eq!(replies, counter_expected(&messages));
+}

@@ -214,6 +214,9 @@ pub struct WorkerHandle {
     in_flight: usize,
     /// Highest sequence number sent on the current connection (or known handled there).
     sent_through: u64,
+    /// During a switch to a handoff's destination: the messages (first, last) sent to it
+    /// ahead of the worker, which the replay skips.
+    sent_ahead: Option<(u64, u64)>,
     /// When a move's destination last took the worker with all of its state, before the
     /// replay there: where [`MoveReport::duration`] ends.
     resumed_at: Option<Instant>,
@@ -464,7 +467,115 @@ struct PendingHandoff {
     /// Frame bytes on the source connection when the move began.
     bytes_before: u64,
     /// The connection to the destination, opened while the state travels.
-    next: tokio::task::JoinHandle<Result<Connection, ClientError>>,
+    next: Destination,
+}
+
+/// A handoff's connection to its destination.
+enum Destination {
+    /// Opening; with a version 5 node it also asks the node to hold the worker's
+    /// messages until the worker arrives (Expect), and gives the budget the node
+    /// granted.
+    Opening(tokio::task::JoinHandle<Result<(Connection, u64), ClientError>>),
+    /// Open. The messages that wait for the destination go to it at once, ahead of the
+    /// worker, while `sent` (the first and last of them, `bytes` of payload) stays within
+    /// the node's `budget`; later ones wait here for the move's end as before. A task of
+    /// its own writes them (`frames`), so that a picture's upload does not hold up this
+    /// handle, which reads the source meanwhile; it gives the connection back once
+    /// `frames` closes.
+    Open {
+        frames: tokio::sync::mpsc::UnboundedSender<Frame>,
+        writer: tokio::task::JoinHandle<Result<Connection, ClientError>>,
+        version: Option<u16>,
+        budget: u64,
+        sent: Option<(u64, u64)>,
+        bytes: u64,
+    },
+    /// Opening failed: the switch tries once more.
+    Failed,
+}
+
+impl Destination {
+    /// What the destination's opening task gave.
+    fn opened(
+        url: &str,
+        opened: Result<Result<(Connection, u64), ClientError>, tokio::task::JoinError>,
+    ) -> Destination {
+        match opened {
+            Ok(Ok((conn, budget))) => {
+                tracing::debug!(
+                    to = url,
+                    budget,
+                    "the destination holds messages for the worker until it arrives"
+                );
+                let version = conn.version();
+                let (frames, mut queue) = tokio::sync::mpsc::unbounded_channel::<Frame>();
+                let writer = tokio::spawn(async move {
+                    let mut conn = conn;
+                    while let Some(frame) = queue.recv().await {
+                        conn.send(&frame).await?;
+                    }
+                    Ok(conn)
+                });
+                Destination::Open {
+                    frames,
+                    writer,
+                    version,
+                    budget,
+                    sent: None,
+                    bytes: 0,
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("opening {url} during the handoff failed: {e}");
+                Destination::Failed
+            }
+            Err(_) => Destination::Failed,
+        }
+    }
+}
+
+impl PendingHandoff {
+    /// Gives the handoff up: the destination's connection closes, and with it whatever
+    /// the node held for the worker.
+    fn abandon(self) {
+        match self.next {
+            Destination::Opening(opening) => opening.abort(),
+            Destination::Open { writer, .. } => writer.abort(),
+            Destination::Failed => {}
+        }
+    }
+
+    /// Messages sent to the destination ahead of the worker.
+    fn sent_ahead(&self) -> Option<(u64, u64)> {
+        match &self.next {
+            Destination::Open { sent, .. } => *sent,
+            _ => None,
+        }
+    }
+}
+
+/// Opens the connection to a handoff's destination and, when it speaks version 5, asks it
+/// to hold the worker's messages until the worker arrives: returns the connection and
+/// how many bytes of messages the node holds (0: none).
+async fn open_destination(
+    url: String,
+    options: WorkerOptions,
+    worker: WorkerId,
+    secret: [u8; 32],
+) -> Result<(Connection, u64), ClientError> {
+    let mut conn = Connection::open(&url, &options).await?;
+    if conn.version().is_none_or(|v| v < 5) {
+        return Ok((conn, 0));
+    }
+    conn.send(&Frame::Expect { worker, secret }).await?;
+    let budget = match conn.recv().await {
+        Ok(Frame::Expecting { budget, .. }) => budget,
+        Ok(other) => return Err(conn.unexpected(&other, "Expecting")),
+        // Refused: the messages wait for the move's end.
+        Err(ClientError::Refused { .. }) => 0,
+        Err(e) => return Err(e),
+    };
+    Ok((conn, budget))
 }
 
 /// The last snapshot of the worker this client holds, and every message posted since.
@@ -501,6 +612,7 @@ impl WorkerHandle {
             log: VecDeque::new(),
             in_flight: 0,
             sent_through: 0,
+            sent_ahead: None,
             resumed_at: None,
             catching_up: None,
             delivered: 0,
@@ -643,7 +755,11 @@ impl WorkerHandle {
         {
             // It waits in the log for the move's end (and so does every message after it:
             // a node takes them in order): the replay at the destination sends it, or, if
-            // the move fails, `send_held_back` sends it to the node after all.
+            // the move fails, `send_held_back` sends it to the node after all. A handoff's
+            // destination that holds messages for the worker gets it at once instead.
+            if self.handoff.is_some() {
+                self.send_ahead().await?;
+            }
             return Ok(());
         }
         match &mut self.placement {
@@ -674,7 +790,11 @@ impl WorkerHandle {
                 }
             }
             // Waiting for room may have ended a handoff, whose replay sent this one too.
-            Placement::Remote(_) if seq <= self.sent_through => {}
+            Placement::Remote(_)
+                if seq <= self.sent_through
+                    || self
+                        .sent_ahead
+                        .is_some_and(|(first, last)| (first..=last).contains(&seq)) => {}
             Placement::Remote(conn) => {
                 let frame = if seq <= self.delivered {
                     handled_here(conn.version(), self.id, seq, payload.clone())
@@ -880,6 +1000,59 @@ impl WorkerHandle {
             reason: format!("the node failed while it caught up with the worker: {cause}"),
         }));
         self.send_logged_after(delivered).await
+    }
+
+    /// During a handoff: once the destination's connection is open and its node holds
+    /// messages for the worker, sends it every logged message that waits for the move,
+    /// in order, within the node's budget. Posts to a node take sequence numbers in
+    /// order, so the first goes right after the last one sent to the source, and each
+    /// next one right after the one before.
+    async fn send_ahead(&mut self) -> Result<(), ClientError> {
+        let Some(pending) = &mut self.handoff else {
+            return Ok(());
+        };
+        if let Destination::Opening(opening) = &mut pending.next {
+            if !opening.is_finished() {
+                return Ok(());
+            }
+            let opened = opening.await;
+            pending.next = Destination::opened(&pending.to, opened);
+        }
+        let Destination::Open {
+            frames,
+            version,
+            budget,
+            sent,
+            bytes,
+            ..
+        } = &mut pending.next
+        else {
+            return Ok(());
+        };
+        let mut next = sent.map_or(self.sent_through, |(_, last)| last) + 1;
+        while let Some((_, payload)) = self.log.iter().find(|(s, _)| *s == next) {
+            if *bytes + payload.len() as u64 > *budget || self.in_flight >= self.options.window {
+                break;
+            }
+            let frame = if next <= self.delivered {
+                handled_here(*version, self.id, next, payload.clone())
+            } else {
+                Frame::Post {
+                    worker: self.id,
+                    seq: next,
+                    payload: payload.clone(),
+                }
+            };
+            if frames.send(frame).is_err() {
+                // The writer failed: these messages go at the switch, which finds out.
+                break;
+            }
+            *bytes += payload.len() as u64;
+            *sent = Some((sent.map_or(next, |(first, _)| first), next));
+            self.in_flight += 1;
+            next += 1;
+        }
+        Ok(())
     }
 
     /// Sends the logged messages that waited for a move that failed: the worker stayed on
@@ -1098,9 +1271,10 @@ impl WorkerHandle {
         {
             self.renew_recovery(snapshot);
         }
-        // A move under way ends with its source.
+        // A move under way ends with its source (and the messages sent ahead to its
+        // destination with the connection).
         if let Some(pending) = self.handoff.take() {
-            pending.next.abort();
+            pending.abandon();
         }
         if let Some(pending) = self.returning.take() {
             pending.task.abort();
@@ -1184,7 +1358,12 @@ impl WorkerHandle {
                 // The source refused the handoff: the worker stays there.
                 tracing::debug!("the handoff failed: {e}");
                 if let Some(pending) = self.handoff.take() {
-                    pending.next.abort();
+                    // The messages sent ahead go to the source with the ones held here.
+                    let ahead = pending
+                        .sent_ahead()
+                        .map_or(0, |(first, last)| last - first + 1);
+                    self.in_flight = self.in_flight.saturating_sub(ahead as usize);
+                    pending.abandon();
                 }
                 self.finished = Some(Err(e));
                 self.send_held_back().await?;
@@ -1244,10 +1423,37 @@ impl WorkerHandle {
                     }
                 }
             }
-            None => match Self::until_deadline(deadline, conn.recv()).await {
-                None => return Ok(Pumped::Frame(None)),
-                Some(frame) => frame?,
-            },
+            None => {
+                // A handoff whose destination is still opening: once it is open, the
+                // messages waiting for it go ahead at once, not at the next post.
+                let opening = self.handoff.as_mut().and_then(|h| match &mut h.next {
+                    Destination::Opening(opening) => Some(opening),
+                    _ => None,
+                });
+                let Some(opening) = opening else {
+                    return match Self::until_deadline(deadline, conn.recv()).await {
+                        None => Ok(Pumped::Frame(None)),
+                        Some(frame) => self.on_message_frame(frame?).map(Pumped::Frame),
+                    };
+                };
+                let waited = Self::until_deadline(deadline, async {
+                    tokio::select! {
+                        frame = conn.recv() => Ok(frame),
+                        opened = opening => Err(opened),
+                    }
+                })
+                .await;
+                match waited {
+                    None => return Ok(Pumped::Frame(None)),
+                    Some(Ok(frame)) => frame?,
+                    Some(Err(opened)) => {
+                        let pending = self.handoff.as_mut().expect("a handoff is under way");
+                        pending.next = Destination::opened(&pending.to, opened);
+                        self.send_ahead().await?;
+                        return Ok(Pumped::Frame(None));
+                    }
+                }
+            }
         };
         self.on_message_frame(frame).map(Pumped::Frame)
     }
@@ -1767,7 +1973,12 @@ impl WorkerHandle {
             to: url.to_string(),
             started: Instant::now(),
             bytes_before,
-            next: tokio::spawn(async move { Connection::open(&next_url, &options).await }),
+            next: Destination::Opening(tokio::spawn(open_destination(
+                next_url,
+                options,
+                self.id,
+                self.secret,
+            ))),
         });
         Ok(())
     }
@@ -1780,7 +1991,12 @@ impl WorkerHandle {
             tracing::debug!("ignoring {} during a handoff", frame.name());
             return Ok(None);
         };
+        let mut last_seq = last_seq;
         let pending = self.handoff.take().expect("a handoff is under way");
+        // The worker runs at the destination now: the switch that follows (the messages
+        // sent ahead finishing their upload, the Attach, the replay) is the application's
+        // traffic, not the move's.
+        let settled = pending.started.elapsed();
         tracing::debug!(
             from = pending.from,
             to = pending.to,
@@ -1794,17 +2010,47 @@ impl WorkerHandle {
         };
         let spent = old.bytes_in + old.bytes_out - pending.bytes_before;
         old.close().await;
-        let conn = match pending.next.await {
-            Ok(Ok(conn)) => conn,
+        let mut sent_ahead = pending.sent_ahead();
+        let conn = match pending.next {
+            Destination::Open { frames, writer, .. } => {
+                // The writer ends once it has sent what it was given.
+                drop(frames);
+                match writer.await {
+                    Ok(Ok(conn)) => conn,
+                    // The connection broke: what went ahead and was still held is lost
+                    // with it, and goes again on a new one; but the node may have run
+                    // some of it already, its replies lost with the connection.
+                    _ => {
+                        sent_ahead = None;
+                        let (conn, handled) = self.attach_again(&pending.to).await?;
+                        if handled > last_seq {
+                            tracing::debug!(
+                                last_seq,
+                                handled,
+                                "the connection that sent messages ahead broke after the node ran some"
+                            );
+                            if handled > self.delivered {
+                                self.remake_lost_replies(handled);
+                            }
+                            last_seq = handled;
+                        }
+                        conn
+                    }
+                }
+            }
+            Destination::Opening(opening) => match opening.await {
+                Ok(Ok((conn, _))) => conn,
+                _ => Connection::open(&pending.to, &self.options).await?,
+            },
             // Opening it early failed (or was not possible): once more, now.
-            _ => Connection::open(&pending.to, &self.options).await?,
+            Destination::Failed => Connection::open(&pending.to, &self.options).await?,
         };
-        let (bytes, replayed) = self.attach_on(conn, last_seq).await?;
+        let (bytes, replayed) = self.attach_on(conn, last_seq, sent_ahead).await?;
         Ok(Some(MoveReport {
             kind: MoveKind::Handoff,
             from: pending.from,
             to: pending.to,
-            duration: self.settled_since(pending.started),
+            duration: settled,
             client_bytes: spent + bytes,
             replayed,
         }))
@@ -2126,17 +2372,34 @@ impl WorkerHandle {
         })
     }
 
+    /// Opens a connection to `url` and attaches the worker there, waiting for the node's
+    /// answer: the connection and the last message the worker there has handled.
+    async fn attach_again(&mut self, url: &str) -> Result<(Connection, u64), ClientError> {
+        let mut conn = Connection::open(url, &self.options).await?;
+        conn.send(&Frame::Attach {
+            worker: self.id,
+            secret: self.secret,
+        })
+        .await?;
+        match conn.recv().await? {
+            Frame::Attached { last_seq, .. } => Ok((conn, last_seq)),
+            other => Err(conn.unexpected(&other, "Attached")),
+        }
+    }
+
     /// Attaches at the node that now holds the worker and replays what it has not handled.
     async fn attach(&mut self, url: &str, last_seq: u64) -> Result<(u64, u64), ClientError> {
         let conn = Connection::open(url, &self.options).await?;
-        self.attach_on(conn, last_seq).await
+        self.attach_on(conn, last_seq, None).await
     }
 
-    /// [`attach`](Self::attach) on a connection already open.
+    /// [`attach`](Self::attach) on a connection already open, on which the messages
+    /// `sent_ahead` (first and last) went ahead of the worker: they are not sent again.
     async fn attach_on(
         &mut self,
         mut conn: Connection,
         last_seq: u64,
+        sent_ahead: Option<(u64, u64)>,
     ) -> Result<(u64, u64), ClientError> {
         // The move's own report (Moved, from the destination's StateAdopted) says which
         // message the state handled last: the replay follows the Attach at once, without
@@ -2148,24 +2411,100 @@ impl WorkerHandle {
         .await?;
         let bytes = conn.bytes_in + conn.bytes_out;
         self.placement = Placement::Remote(Box::new(conn));
-        self.in_flight = 0;
         // Every logged message after the state's goes to the destination, also those whose
         // replies were delivered already (a node that caught up on them was handed off
-        // before it handled them): those go as Replays.
+        // before it handled them): those go as Replays. Those sent ahead are there.
+        // They count as in flight only after the replay: the node holds them until the
+        // messages before them arrive, which must not wait for them.
+        let ahead = sent_ahead.filter(|&(_, last)| last > last_seq);
+        self.in_flight = 0;
+        self.sent_ahead = ahead;
         self.sent_through = last_seq.min(self.delivered);
-        let replayed = self.replay_after(last_seq).await?;
-        Ok((bytes, replayed))
+        let replayed = self.replay_after(last_seq).await;
+        if let Some((_, last)) = self.sent_ahead.take() {
+            self.sent_through = self.sent_through.max(last);
+            // In flight: every message sent to the node and not yet handled, whichever
+            // way it went (Handled frames of messages sent ahead may have come already).
+            let (delivered, sent_through) = (self.delivered, self.sent_through);
+            self.in_flight = self
+                .log
+                .iter()
+                .filter(|(s, _)| *s > delivered && *s <= sent_through)
+                .count();
+        }
+        Ok((bytes, replayed?))
     }
 
     /// Resends every logged message above `last_seq` where the worker now runs.
     async fn replay_after(&mut self, last_seq: u64) -> Result<u64, ClientError> {
         self.resumed_at = Some(Instant::now());
+        if last_seq > self.delivered {
+            self.remake_lost_replies(last_seq);
+        }
         self.handled_through(last_seq);
         let seqs: Vec<u64> = self.log.iter().map(|(s, _)| *s).collect();
         for &seq in &seqs {
             self.send_logged(seq).await?;
         }
         Ok(seqs.len() as u64)
+    }
+}
+
+impl WorkerHandle {
+    /// The state that moved had handled messages up to `through` whose replies never
+    /// arrived: the node that handled them lost its connection to this client before it
+    /// could send them (a fallback, taken from a node the device could no longer reach).
+    /// Makes those replies again from the recovery point, as a recovery would, and
+    /// delivers the ones the application has not had. Without a recovery point they are
+    /// lost, and a warning says so.
+    fn remake_lost_replies(&mut self, through: u64) {
+        let delivered = self.delivered;
+        let Some(recovery) = self
+            .recovery
+            .as_ref()
+            .filter(|r| r.snapshot.manifest.last_seq <= delivered)
+        else {
+            tracing::warn!(
+                "the replies of messages {} to {through} never arrived and this client holds no copy of the worker to make them again: they are lost",
+                delivered + 1
+            );
+            return;
+        };
+        tracing::debug!(
+            from = recovery.snapshot.manifest.last_seq,
+            through,
+            "making again the replies that never arrived, from the recovery point"
+        );
+        let remade = (|| -> Result<Vec<Reply>, String> {
+            let mut worker = self
+                .runtime
+                .restore(&self.module, &recovery.snapshot)
+                .map_err(|e| e.to_string())?;
+            let mut remade = Vec::new();
+            for (seq, payload) in recovery.messages.iter().filter(|(s, _)| *s <= through) {
+                let replies = worker.deliver(payload).map_err(|e| e.to_string())?;
+                if *seq > delivered {
+                    // Of the message partly answered, the replies already delivered.
+                    let skip = if *seq == delivered + 1 {
+                        self.partial as usize
+                    } else {
+                        0
+                    };
+                    remade.extend(replies.skip(skip).map(|payload| Reply {
+                        seq: *seq,
+                        payload: payload.to_vec(),
+                    }));
+                }
+            }
+            Ok(remade)
+        })();
+        match remade {
+            Ok(replies) => self.replies.extend(replies),
+            Err(e) => tracing::warn!(
+                "the replies of messages {} to {through} never arrived and could not be made again ({e}): they are lost",
+                delivered + 1
+            ),
+        }
     }
 }
 

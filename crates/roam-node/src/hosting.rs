@@ -5,7 +5,7 @@
 //! else. The table is the single place that decides which Posts a worker takes: the next
 //! sequence number, never one already taken (a replay) and never one after a gap.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,6 +74,45 @@ struct Flow {
     /// also takes the messages the worker's thread had queued and not yet begun when the
     /// move paused it, so that the capture need not wait for a backlog.
     held: Vec<(u64, Vec<u8>)>,
+    /// Posts that arrived here before the worker (Expect) and come after a gap: each
+    /// goes to the worker once the client's replay of the messages before it arrives.
+    /// With `true`, a Replay.
+    early: BTreeMap<u64, (Vec<u8>, bool)>,
+}
+
+/// Payload bytes of early Posts one Expect may hold at most, and all Expects waiting on
+/// this node together: a client's next few messages, bounded so that connections that
+/// expect workers which never come cannot fill the node's memory.
+pub(crate) const EXPECT_BUDGET: u64 = 64 << 20;
+const EXPECT_TOTAL: u64 = 512 << 20;
+
+/// Expects one connection may have waiting at once: a client moves one worker at a
+/// time, and a connection cannot hold the whole of [`EXPECT_TOTAL`] for itself.
+const EXPECTS_PER_CONNECTION: usize = 2;
+
+/// A connection's Expect: a worker on its way here, and the Posts it sent for it.
+struct Expected {
+    worker: WorkerId,
+    /// Sha-256 of the secret the Expect gave, compared with the worker's owner.
+    owner: [u8; 32],
+    /// The connection that expects it.
+    sink: Sink,
+    /// Payload bytes it may send ahead.
+    budget: u64,
+    /// Payload bytes it sent ahead so far, held or handed over.
+    bytes: u64,
+    stage: ExpectStage,
+}
+
+enum ExpectStage {
+    /// The worker has not arrived: its Posts wait, by sequence number (with `true`, a
+    /// Replay).
+    Waiting(BTreeMap<u64, (Vec<u8>, bool)>),
+    /// It arrived and its owner is the Expect's: the Posts went to it, and so do later
+    /// ones, until the connection attaches.
+    Bound(Arc<Hosted>),
+    /// It arrived for another owner: the connection's Posts for it are refused.
+    Refused,
 }
 
 /// Why a Post was not delivered.
@@ -92,6 +131,19 @@ pub(crate) enum PostError {
         /// The one the Post carried.
         found: u64,
     },
+    /// message {seq} of worker {worker:032x} is over the {budget} bytes this node holds for a worker on its way here
+    #[error("message {seq} of worker {worker:032x} is over the {budget} bytes this node holds for a worker on its way here")]
+    OverBudget {
+        /// The worker.
+        worker: WorkerId,
+        /// The message.
+        seq: u64,
+        /// The Expect's budget.
+        budget: u64,
+    },
+    /// worker {0:032x} arrived for another owner than the one this connection expected
+    #[error("worker {0:032x} arrived for another owner than the one this connection expected")]
+    NotOwner(WorkerId),
 }
 
 /// Why an Attach was refused.
@@ -147,6 +199,9 @@ pub(crate) struct Captured {
 pub(crate) struct Hosting {
     runtime: Runtime,
     workers: Mutex<HashMap<WorkerId, Arc<Hosted>>>,
+    /// Workers on their way here that a connection sent Posts for ahead of them. Locked
+    /// before a worker's flow, never while holding `workers`.
+    expected: Mutex<Vec<Expected>>,
     metrics: Arc<Metrics>,
 }
 
@@ -160,6 +215,7 @@ impl Hosting {
         Hosting {
             runtime,
             workers: Mutex::new(HashMap::new()),
+            expected: Mutex::new(Vec::new()),
             metrics,
         }
     }
@@ -263,6 +319,7 @@ impl Hosting {
             precopying: false,
             copying: false,
             held: Vec::new(),
+            early: BTreeMap::new(),
         }));
         let thread_flow = flow.clone();
         let table = Arc::downgrade(self);
@@ -288,8 +345,11 @@ impl Hosting {
             flow,
             freed: Notify::new(),
         });
-        workers.insert(worker, hosted);
+        workers.insert(worker, hosted.clone());
         self.metrics.set_workers(workers.len());
+        drop(workers);
+        // The Posts sent here ahead of it go to it now.
+        self.bind_expected(worker, &hosted, None);
         Ok(())
     }
 
@@ -313,8 +373,148 @@ impl Hosting {
             *current = Some(sink.clone());
         }
         drop(current);
+        // A connection that sent Posts ahead of the worker attaches once its move ended:
+        // the worker is the one it expected, arrived before the Expect did.
+        self.bind_expected(worker, &hosted, Some(sink));
         let accepted = hosted.flow.lock().expect("worker flow").accepted;
         Ok(accepted)
+    }
+
+    /// A connection expects `worker` to arrive here (Expect): its Posts for it are held
+    /// until then. Returns how many bytes of payload are held at most: 0 when the Expects
+    /// already waiting on this node hold all there is, or when this connection already
+    /// waits for [`EXPECTS_PER_CONNECTION`] workers.
+    pub(crate) fn expect(&self, worker: WorkerId, secret: &[u8; 32], sink: &Sink) -> u64 {
+        let mut expected = self.expected.lock().expect("expected workers");
+        expected
+            .retain(|e| !e.sink.is_closed() && !(e.worker == worker && e.sink.same_channel(sink)));
+        let waiting = |e: &&Expected| matches!(e.stage, ExpectStage::Waiting(_));
+        let reserved: u64 = expected.iter().filter(waiting).map(|e| e.budget).sum();
+        let mine = expected
+            .iter()
+            .filter(waiting)
+            .filter(|e| e.sink.same_channel(sink))
+            .count();
+        let budget = if mine >= EXPECTS_PER_CONNECTION {
+            0
+        } else {
+            EXPECT_BUDGET.min(EXPECT_TOTAL.saturating_sub(reserved))
+        };
+        if budget > 0 {
+            expected.push(Expected {
+                worker,
+                owner: owner_of(secret),
+                sink: sink.clone(),
+                budget,
+                bytes: 0,
+                stage: ExpectStage::Waiting(BTreeMap::new()),
+            });
+        }
+        budget
+    }
+
+    /// A Post (or, `quiet`, a Replay) from a connection that expects `worker` and has not
+    /// attached it: held while the worker has not arrived; once it has, handed to it if it
+    /// is the next message, else kept in its flow until the messages before it arrive.
+    /// Every byte sent ahead counts against the Expect's budget, held or handed over.
+    pub(crate) fn post_early(
+        &self,
+        worker: WorkerId,
+        seq: u64,
+        payload: Vec<u8>,
+        quiet: bool,
+        sink: &Sink,
+    ) -> Result<(), PostError> {
+        let mut expected = self.expected.lock().expect("expected workers");
+        let Some(entry) = expected
+            .iter_mut()
+            .find(|e| e.worker == worker && e.sink.same_channel(sink))
+        else {
+            return Err(PostError::UnknownWorker(worker));
+        };
+        let len = payload.len() as u64;
+        if entry.bytes + len > entry.budget {
+            return Err(PostError::OverBudget {
+                worker,
+                seq,
+                budget: entry.budget,
+            });
+        }
+        entry.bytes += len;
+        match &mut entry.stage {
+            ExpectStage::Waiting(posts) => {
+                posts.entry(seq).or_insert((payload, quiet));
+                Ok(())
+            }
+            ExpectStage::Refused => Err(PostError::NotOwner(worker)),
+            ExpectStage::Bound(hosted) => {
+                // Only to the worker that arrived, not to one of the same id hosted since.
+                if !self
+                    .get(worker)
+                    .is_some_and(|now| Arc::ptr_eq(&now, hosted))
+                {
+                    return Err(PostError::UnknownWorker(worker));
+                }
+                self.metrics.messages_ahead(1);
+                let mut flow = hosted.flow.lock().expect("worker flow");
+                flow.early.entry(seq).or_insert((payload, quiet));
+                *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
+                take_early(hosted, &mut flow);
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands the Posts held for `worker` (by every connection that expects it, or only by
+    /// `only`) to `hosted`, the worker that arrived, if the Expect named its owner; those
+    /// after a gap wait in its flow for the messages before them. Done under the lock of
+    /// the Expects, so that a Post sent ahead that arrives meanwhile finds them handed.
+    fn bind_expected(&self, worker: WorkerId, hosted: &Arc<Hosted>, only: Option<&Sink>) {
+        let mut expected = self.expected.lock().expect("expected workers");
+        expected.retain(|e| !e.sink.is_closed());
+        for entry in expected
+            .iter_mut()
+            .filter(|e| e.worker == worker && only.is_none_or(|sink| sink.same_channel(&e.sink)))
+        {
+            if !matches!(entry.stage, ExpectStage::Waiting(_)) {
+                continue;
+            }
+            if entry.owner != hosted.owner {
+                entry.stage = ExpectStage::Refused;
+                let _ = entry.sink.send(Frame::Error {
+                    code: ErrorCode::Unauthorized,
+                    worker: Some(worker),
+                    message: PostError::NotOwner(worker).to_string(),
+                });
+                continue;
+            }
+            let ExpectStage::Waiting(posts) =
+                std::mem::replace(&mut entry.stage, ExpectStage::Bound(hosted.clone()))
+            else {
+                unreachable!("checked above");
+            };
+            if posts.is_empty() {
+                continue;
+            }
+            tracing::debug!(
+                worker = format!("{worker:032x}"),
+                messages = posts.len(),
+                "the worker arrived: the messages sent ahead of it go to it"
+            );
+            self.metrics.messages_ahead(posts.len());
+            let mut flow = hosted.flow.lock().expect("worker flow");
+            flow.early.extend(posts);
+            *hosted.sink.lock().expect("worker sink") = Some(entry.sink.clone());
+            take_early(hosted, &mut flow);
+        }
+    }
+
+    /// Forgets the Expects of a connection that closed, and the messages they held.
+    pub(crate) fn forget_expected(&self, sink: &Sink) {
+        self.expected
+            .lock()
+            .expect("expected workers")
+            .retain(|e| !e.sink.same_channel(sink) && !e.sink.is_closed());
     }
 
     /// Whether `worker`'s replies go to `sink`.
@@ -351,18 +551,10 @@ impl Hosting {
                 found: seq,
             });
         }
-        flow.accepted = seq;
         *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
-        if flow.moving {
-            flow.held.push((seq, payload));
-        } else {
-            // A closed channel means the thread is gone with the worker: nothing to answer.
-            let _ = hosted.commands.send(Command::Deliver {
-                seq,
-                payload,
-                quiet,
-            });
-        }
+        take(&hosted, &mut flow, seq, payload, quiet);
+        // Messages sent ahead of the worker that waited for this one follow it.
+        take_early(&hosted, &mut flow);
         Ok(())
     }
 
@@ -512,6 +704,36 @@ impl Hosting {
                 drop(flow);
                 self.drop_worker(worker);
             }
+        }
+    }
+}
+
+/// Gives message `seq`, the next one, to the worker: held while it moves.
+fn take(hosted: &Hosted, flow: &mut Flow, seq: u64, payload: Vec<u8>, quiet: bool) {
+    flow.accepted = seq;
+    if flow.moving {
+        flow.held.push((seq, payload));
+    } else {
+        // A closed channel means the thread is gone with the worker: nothing to answer.
+        let _ = hosted.commands.send(Command::Deliver {
+            seq,
+            payload,
+            quiet,
+        });
+    }
+}
+
+/// Gives the worker the early Posts that now come next, in order; drops the ones it has
+/// already taken.
+fn take_early(hosted: &Hosted, flow: &mut Flow) {
+    while let Some(entry) = flow.early.first_entry() {
+        let seq = *entry.key();
+        if seq > flow.accepted + 1 {
+            break;
+        }
+        let (payload, quiet) = entry.remove();
+        if seq == flow.accepted + 1 {
+            take(hosted, flow, seq, payload, quiet);
         }
     }
 }

@@ -58,6 +58,7 @@ pub(crate) struct Metrics {
     /// their code touched before the stream brought them.
     post_copy_moves: AtomicU64,
     post_copy_requests: AtomicU64,
+    messages_ahead: AtomicU64,
 }
 
 impl Metrics {
@@ -107,6 +108,11 @@ impl Metrics {
         self.post_copy_moves.fetch_add(1, Ordering::Relaxed);
         self.post_copy_requests
             .fetch_add(requests, Ordering::Relaxed);
+    }
+
+    /// Records messages a client sent ahead of its worker, handed to it on arrival.
+    pub(crate) fn messages_ahead(&self, n: usize) {
+        self.messages_ahead.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Records chunk bodies a transfer took from this node's store instead of the wire.
@@ -208,7 +214,7 @@ impl Metrics {
             "roam_message_duration_seconds_count {}",
             load(&self.duration_count)
         );
-        let series: [(&str, &str, &str, f64); 8] = [
+        let series: [(&str, &str, &str, f64); 9] = [
             (
                 "roam_precopy_rounds_total",
                 "Pre-copy rounds sent while the worker ran.",
@@ -250,6 +256,12 @@ impl Metrics {
                 "Chunks post-copy workers touched before they arrived, asked of their source.",
                 "",
                 load(&self.post_copy_requests) as f64,
+            ),
+            (
+                "roam_messages_ahead_total",
+                "Messages clients sent ahead of a worker on its way here (Expect), handed to it when it arrived.",
+                "",
+                load(&self.messages_ahead) as f64,
             ),
             (
                 "roam_checkpoints_total",

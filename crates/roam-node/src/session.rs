@@ -76,6 +76,8 @@ pub(crate) async fn serve(
 /// connection started, and the node's shutdown.
 async fn drive(node: &Arc<Node>, link: &mut NodeLink) -> Result<(), LinkError> {
     let (sink, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+    // Whatever this connection sent ahead of workers that never came goes with it.
+    let _forget = ForgetExpected { node, sink: &sink };
     let mut shutdown = node.shutdown.clone();
     let mut registered: Option<String> = None;
     loop {
@@ -102,6 +104,18 @@ async fn drive(node: &Arc<Node>, link: &mut NodeLink) -> Result<(), LinkError> {
                 handle(node, link, &sink, &mut outgoing, &mut registered, frame).await?;
             }
         }
+    }
+}
+
+/// Drops a connection's Expects when its loop ends, however it ends.
+struct ForgetExpected<'a> {
+    node: &'a Node,
+    sink: &'a Sink,
+}
+
+impl Drop for ForgetExpected<'_> {
+    fn drop(&mut self) {
+        self.node.hosting.forget_expected(self.sink);
     }
 }
 
@@ -160,6 +174,12 @@ async fn handle(
             };
             link.send(answer).await?;
         }
+        Event::Expect { worker, secret } => {
+            tracing::Span::current().record("worker", format!("{worker:032x}"));
+            let budget = node.hosting.expect(worker, secret, sink);
+            tracing::debug!(budget, "a worker on its way here is expected");
+            link.send(Frame::Expecting { worker, budget }).await?;
+        }
         Event::Post {
             worker,
             seq,
@@ -172,10 +192,15 @@ async fn handle(
         } => {
             // A Replay's replies are left out: the client has them.
             let quiet = matches!(frame, Frame::Replay { .. });
-            if let Err(e) = node
-                .hosting
-                .post(worker, seq, payload.to_vec(), quiet, sink)
-            {
+            let posted = if link.machine.is_attached(worker) {
+                node.hosting
+                    .post(worker, seq, payload.to_vec(), quiet, sink)
+            } else {
+                // Sent ahead of a worker on its way here (Expect).
+                node.hosting
+                    .post_early(worker, seq, payload.to_vec(), quiet, sink)
+            };
+            if let Err(e) = posted {
                 // A worker handed off since the Post left the client is gone from here,
                 // and its Moved may still wait in `outgoing`: it goes out first, so the
                 // client switches over (and replays this message at the destination)
@@ -186,6 +211,8 @@ async fn handle(
                 let code = match e {
                     PostError::UnknownWorker(_) => ErrorCode::UnknownWorker,
                     PostError::Gap { .. } => ErrorCode::UnexpectedFrame,
+                    PostError::OverBudget { .. } => ErrorCode::TooLarge,
+                    PostError::NotOwner(_) => ErrorCode::Unauthorized,
                 };
                 link.send(worker_error(code, worker, e)).await?;
             }
@@ -257,6 +284,7 @@ async fn handle(
         | Event::StateNeed { .. }
         | Event::StateAdopted { .. }
         | Event::Attached { .. }
+        | Event::Expecting { .. }
         | Event::Reply { .. }
         | Event::Handled { .. }
         | Event::WorkerFailed { .. }

@@ -161,6 +161,10 @@ frame_types! {
     WorkerFailed = 0x25,
     /// A message to handle without sending its replies (version 4).
     Replay = 0x26,
+    /// The client's worker is on its way here: hold its Posts until it arrives (version 5).
+    Expect = 0x27,
+    /// The node holds Posts for a worker on its way, up to a budget (version 5).
+    Expecting = 0x28,
     /// Asks the node to hand the worker to another node.
     MoveOut = 0x30,
     /// The worker now runs elsewhere.
@@ -357,6 +361,26 @@ pub enum Frame {
         /// The message.
         payload: Vec<u8>,
     },
+    /// The client's worker is on its way to this node (a handoff the client asked for):
+    /// the node holds the Posts this connection sends for it until it arrives, then hands
+    /// them to it in order (client → node, version 5). Sent while the state still
+    /// travels, it lets the application's messages cross the device's link during the
+    /// move instead of after it.
+    Expect {
+        /// The worker.
+        worker: WorkerId,
+        /// Its secret; checked against the worker's owner when it arrives.
+        secret: [u8; 32],
+    },
+    /// The node's answer to Expect: it holds up to `budget` bytes of payload of the
+    /// worker's Posts until the worker arrives (node → client, version 5). A budget of 0
+    /// says it holds none: the client keeps its messages for after the move.
+    Expecting {
+        /// The worker.
+        worker: WorkerId,
+        /// Payload bytes the node holds for it at most.
+        budget: u64,
+    },
     /// A message the worker posted while it handled message `seq` (node → client).
     Reply {
         /// The worker.
@@ -478,6 +502,8 @@ impl Frame {
             Frame::Attached { .. } => FrameType::Attached,
             Frame::Post { .. } => FrameType::Post,
             Frame::Replay { .. } => FrameType::Replay,
+            Frame::Expect { .. } => FrameType::Expect,
+            Frame::Expecting { .. } => FrameType::Expecting,
             Frame::Reply { .. } => FrameType::Reply,
             Frame::Handled { .. } => FrameType::Handled,
             Frame::WorkerFailed { .. } => FrameType::WorkerFailed,
@@ -517,6 +543,8 @@ impl Frame {
             | Frame::Attached { worker, .. }
             | Frame::Post { worker, .. }
             | Frame::Replay { worker, .. }
+            | Frame::Expect { worker, .. }
+            | Frame::Expecting { worker, .. }
             | Frame::Reply { worker, .. }
             | Frame::Handled { worker, .. }
             | Frame::WorkerFailed { worker, .. }
@@ -668,9 +696,13 @@ impl Frame {
                 out.put_u128(*worker);
                 out.put_u64(*last_seq);
             }
-            Frame::Attach { worker, secret } => {
+            Frame::Attach { worker, secret } | Frame::Expect { worker, secret } => {
                 out.put_u128(*worker);
                 out.extend_from_slice(secret);
+            }
+            Frame::Expecting { worker, budget } => {
+                out.put_u128(*worker);
+                out.put_u64(*budget);
             }
             Frame::Post {
                 worker,
@@ -978,6 +1010,14 @@ fn decode_body(
             worker: r.u128()?,
             seq: r.u64()?,
             payload: payload(r, limits)?,
+        },
+        FrameType::Expect => Frame::Expect {
+            worker: r.u128()?,
+            secret: r.bytes32()?,
+        },
+        FrameType::Expecting => Frame::Expecting {
+            worker: r.u128()?,
+            budget: r.u64()?,
         },
         FrameType::Reply => Frame::Reply {
             worker: r.u128()?,

@@ -111,6 +111,12 @@ pub struct MoveSample {
     /// The longest gap between two consecutive replies the application saw around the
     /// move, ms (the steady-state time per message is subtracted in the summary).
     pub longest_gap_ms: f64,
+    /// The longest of those gaps that ended in a reply of a message the moved state had
+    /// handled (at the source), ms: the source's pace is subtracted from it.
+    pub longest_gap_source_ms: f64,
+    /// The longest of those gaps that ended in a reply of a message handled after the
+    /// move (at the destination), ms: the destination's pace is subtracted from it.
+    pub longest_gap_destination_ms: f64,
     /// Messages posted and not yet answered when the move started.
     pub in_flight: u64,
     /// Messages the client resent to the destination.
@@ -457,6 +463,8 @@ impl<'t> Device<'t> {
             round,
             settle_ms: settle.as_secs_f64() * 1e3,
             longest_gap_ms: 0.0,
+            longest_gap_source_ms: 0.0,
+            longest_gap_destination_ms: 0.0,
             in_flight,
             replayed: report.replayed,
             replies_lost: in_flight.saturating_sub(answered),
@@ -475,10 +483,12 @@ impl<'t> Device<'t> {
     }
 }
 
-/// The longest gap between consecutive arrivals, ms.
-fn longest_gap(arrivals: &[Arrival]) -> f64 {
+/// The longest gap between consecutive arrivals, ms, of those whose second arrival
+/// passes `ends`.
+fn longest_gap(arrivals: &[Arrival], ends: impl Fn(&Arrival) -> bool) -> f64 {
     arrivals
         .windows(2)
+        .filter(|w| ends(&w[1]))
         .map(|w| (w[1].at - w[0].at).as_secs_f64() * 1e3)
         .fold(0.0, f64::max)
 }
@@ -531,7 +541,11 @@ pub async fn round(
         let (lo, hi) = windows[i];
         let sample = moves.last_mut().expect("just pushed");
         let hi = hi.min(device.arrivals.len().saturating_sub(1));
-        sample.longest_gap_ms = longest_gap(&device.arrivals[lo..=hi.max(lo)]);
+        let around = &device.arrivals[lo..=hi.max(lo)];
+        let last_seq = sample.last_seq;
+        sample.longest_gap_ms = longest_gap(around, |_| true);
+        sample.longest_gap_source_ms = longest_gap(around, |a| a.seq <= last_seq);
+        sample.longest_gap_destination_ms = longest_gap(around, |a| a.seq > last_seq);
         progress(sample);
     }
     while let Some(reply) = device.handle.next_reply().await? {

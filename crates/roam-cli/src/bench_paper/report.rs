@@ -119,7 +119,7 @@ pub fn markdown(r: &PaperResults) -> String {
     let cold: Vec<&MoveRow> = r.moves.iter().filter(|m| m.cold).collect();
     let _ = writeln!(
         s,
-        "\n## Moves, module warm (the module is in the destination's cache: how a deployed app runs)\n\nMedians of {} runs each. Settle: from the move's request until the worker runs at the destination with all of its state. Stall: the longest gap between two replies the application saw around the move, minus the steady-state time per message at the destination. Limit: one round trip of the state's link + bytes on the wire / its bandwidth. The paper's figure is its migration time for the application, whatever the move.\n",
+        "\n## Moves, module warm (the module is in the destination's cache: how a deployed app runs)\n\nMedians of {} runs each. Settle: from the move's request until the worker runs at the destination with all of its state. Stall: the most a gap between two replies the application saw around the move exceeded the steady-state time per message of the place that answered (the source for the messages the moved state had handled, the destination for the others). Limit: one round trip of the state's link + bytes on the wire / its bandwidth. The paper's figure is its migration time for the application, whatever the move.\n",
         r.runs
     );
     moves_table(&mut s, &warm);

@@ -3,6 +3,7 @@
 mod bad_input;
 mod basics;
 mod checkpoint;
+mod expect;
 mod large;
 mod lifecycle;
 mod moves;

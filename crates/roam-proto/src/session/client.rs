@@ -310,6 +310,20 @@ impl ClientSession {
                     last_seq: *last_seq,
                 })
             }
+            // Expecting is version 5. With a budget, the node may answer the messages it
+            // holds before this side attaches (the worker arrived meanwhile).
+            Frame::Expecting { .. } if self.version.is_none_or(|v| v < 5) => {
+                Err(self.refuse(frame))
+            }
+            Frame::Expecting { worker, budget } => {
+                if *budget > 0 {
+                    self.attached.insert(*worker);
+                }
+                Ok(Event::Expecting {
+                    worker: *worker,
+                    budget: *budget,
+                })
+            }
             Frame::Reply { worker, .. }
             | Frame::Handled { worker, .. }
             | Frame::WorkerFailed { worker, .. } => {
@@ -396,7 +410,9 @@ impl ClientSession {
             (_, Frame::Ping { .. } | Frame::Pong { .. }) => Ok(()),
             (ClientState::Ready, frame) => match frame {
                 Frame::Replay { .. } if !post_copy => Err(not_valid()),
+                Frame::Expect { .. } if self.version.is_none_or(|v| v < 5) => Err(not_valid()),
                 Frame::Attach { .. }
+                | Frame::Expect { .. }
                 | Frame::Replay { .. }
                 | Frame::Post { .. }
                 | Frame::MoveOut { .. }

@@ -152,6 +152,21 @@ pub enum Event<'f> {
         /// The secret to check against the worker's owner hash.
         secret: &'f [u8; 32],
     },
+    /// A client's worker is on its way here: answer Expecting with the bytes of its Posts
+    /// this node will hold until it arrives (0: none), and hold them.
+    Expect {
+        /// The worker.
+        worker: WorkerId,
+        /// The secret, checked against the worker's owner hash when it arrives.
+        secret: &'f [u8; 32],
+    },
+    /// The node holds Posts for the expected worker, up to `budget` bytes of payload.
+    Expecting {
+        /// The worker.
+        worker: WorkerId,
+        /// Payload bytes the node holds at most.
+        budget: u64,
+    },
     /// The node accepted this side's Attach: resend the messages after `last_seq`.
     Attached {
         /// The worker.

@@ -101,6 +101,9 @@ pub struct NodeSession {
     peer: Option<PeerKind>,
     registered: bool,
     attached: BTreeSet<WorkerId>,
+    /// Workers this connection said are on their way here (Expect, answered with a
+    /// budget): it may Post to them before it attaches, and only Post.
+    expected: BTreeSet<WorkerId>,
 }
 
 impl NodeSession {
@@ -113,6 +116,7 @@ impl NodeSession {
             peer: None,
             registered: false,
             attached: BTreeSet::new(),
+            expected: BTreeSet::new(),
         }
     }
 
@@ -144,6 +148,12 @@ impl NodeSession {
     /// Whether this connection may use `worker`.
     pub fn is_attached(&self, worker: WorkerId) -> bool {
         self.attached.contains(&worker)
+    }
+
+    /// Whether this connection may Post to `worker` ahead of its arrival (it sent Expect
+    /// and the node answered with a budget) without having attached it.
+    pub fn is_expected(&self, worker: WorkerId) -> bool {
+        self.expected.contains(&worker)
     }
 
     fn refuse(&self, frame: &Frame) -> ProtocolError {
@@ -276,6 +286,22 @@ impl NodeSession {
         }
     }
 
+    /// Posts and Replays may also go to a worker this connection expects.
+    fn require_attached_or_expected(
+        &self,
+        frame: &Frame,
+        worker: WorkerId,
+    ) -> Result<(), ProtocolError> {
+        if self.attached.contains(&worker) || self.expected.contains(&worker) {
+            Ok(())
+        } else {
+            Err(ProtocolError::NotAttached {
+                frame: frame.name(),
+                worker,
+            })
+        }
+    }
+
     fn require_cloud(&self, frame: &Frame) -> Result<(), ProtocolError> {
         match self.role {
             NodeRole::Cloud => Ok(()),
@@ -296,7 +322,7 @@ impl NodeSession {
                 seq,
                 payload,
             } => {
-                self.require_attached(frame, *worker)?;
+                self.require_attached_or_expected(frame, *worker)?;
                 Ok(Event::Post {
                     worker: *worker,
                     seq: *seq,
@@ -310,13 +336,23 @@ impl NodeSession {
                 seq,
                 payload,
             } => {
-                self.require_attached(frame, *worker)?;
+                self.require_attached_or_expected(frame, *worker)?;
                 Ok(Event::Replay {
                     worker: *worker,
                     seq: *seq,
                     payload,
                 })
             }
+            // Expect is version 5, and a client's.
+            Frame::Expect { .. }
+                if self.version.is_none_or(|v| v < 5) || self.peer != Some(PeerKind::Client) =>
+            {
+                Err(self.refuse(frame))
+            }
+            Frame::Expect { worker, secret } => Ok(Event::Expect {
+                worker: *worker,
+                secret,
+            }),
             Frame::StateBegin {
                 worker,
                 module_hash,
@@ -466,8 +502,16 @@ impl NodeSession {
                     self.attached.insert(*worker);
                     Ok(())
                 }
+                Frame::Expecting { .. } if self.version.is_none_or(|v| v < 5) => Err(not_valid()),
+                Frame::Expecting { worker, budget } => {
+                    if *budget > 0 {
+                        self.expected.insert(*worker);
+                    }
+                    Ok(())
+                }
                 Frame::Moved { worker, .. } => {
                     self.attached.remove(worker);
+                    self.expected.remove(worker);
                     Ok(())
                 }
                 _ => Err(not_valid()),

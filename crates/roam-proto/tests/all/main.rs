@@ -149,6 +149,14 @@ pub fn samples() -> Vec<Frame> {
                 seq: n,
                 payload: vec![byte; (n % 300) as usize],
             },
+            Frame::Expect {
+                worker: w,
+                secret: [byte; 32],
+            },
+            Frame::Expecting {
+                worker: w,
+                budget: n,
+            },
             Frame::Reply {
                 worker: w,
                 seq: n,

@@ -677,6 +677,7 @@ fn node_only_frames_are_refused_from_a_ready_client_and_vice_versa() {
                 | Frame::Goodbye { .. }
                 | Frame::Error { .. }
                 | Frame::Attach { .. }
+                | Frame::Expect { .. }
                 | Frame::StateBegin { .. }
                 | Frame::Pull { .. }
                 | Frame::Register(_)
@@ -696,6 +697,7 @@ fn node_only_frames_are_refused_from_a_ready_client_and_vice_versa() {
                 | Frame::Goodbye { .. }
                 | Frame::Error { .. }
                 | Frame::Attached { .. }
+                | Frame::Expecting { .. }
                 | Frame::Moved { .. }
                 | Frame::Nodes { .. }
         );
@@ -976,4 +978,63 @@ fn a_replay_needs_version_4_and_an_attached_worker() {
             ..
         })
     ));
+}
+
+#[test]
+fn posts_ahead_of_a_worker_need_version_5_and_a_budget() {
+    let expect = Frame::Expect {
+        worker: W,
+        secret: [3; 32],
+    };
+    let post = Frame::Post {
+        worker: W,
+        seq: 1,
+        payload: vec![1],
+    };
+    let mut old = Link::speaking(NodeRole::Edge, 4);
+    assert!(old.client.on_send(&expect).is_err());
+    assert_eq!(
+        old.node.on_frame(&expect).unwrap_err().code(),
+        ErrorCode::UnexpectedFrame
+    );
+    // No budget: the connection still may not Post to the worker.
+    let mut link = Link::connected(NodeRole::Edge);
+    assert!(matches!(
+        link.send_to_node(&expect),
+        Ok(Event::Expect { worker: W, .. })
+    ));
+    link.send_to_client(&Frame::Expecting {
+        worker: W,
+        budget: 0,
+    })
+    .unwrap();
+    assert_eq!(
+        link.send_to_node(&post).unwrap_err().code(),
+        ErrorCode::Unauthorized
+    );
+    // A budget lets it Post (and Replay), and the node may answer before any Attach;
+    // anything else still needs the worker attached.
+    link.send_to_client(&Frame::Expecting {
+        worker: W,
+        budget: 1 << 20,
+    })
+    .unwrap();
+    assert!(matches!(
+        link.send_to_node(&post),
+        Ok(Event::Post { worker: W, .. })
+    ));
+    assert!(matches!(
+        link.send_to_client(&Frame::Handled {
+            worker: W,
+            seq: 1,
+            replies: 0
+        }),
+        Ok(Event::Handled { .. })
+    ));
+    assert_eq!(
+        link.send_to_node(&Frame::Return { worker: W })
+            .unwrap_err()
+            .code(),
+        ErrorCode::Unauthorized
+    );
 }
