@@ -2145,6 +2145,13 @@ impl WorkerHandle {
             Some(newer) => Some(newer.clone()),
             None => self.recovery.as_ref().map(|r| r.snapshot.clone()),
         };
+        tracing::debug!(
+            in_flight = self.in_flight,
+            sent_through = self.sent_through,
+            delivered = self.delivered,
+            logged = self.log.len(),
+            "return asked for"
+        );
         let first_round = FirstRound::default();
         let left = first_round.clone();
         let task = tokio::spawn(async move {

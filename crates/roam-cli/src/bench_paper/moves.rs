@@ -537,12 +537,20 @@ pub async fn round(
         device
             .phase(messages, phases.entry(step.to).or_default())
             .await?;
-        // The first reply after the move may be the phase's first.
+        // The range ends at the first reply from the destination, which may be the
+        // phase's first (replies that came during the move may all be the source's, or
+        // made again here after a fallback).
         let (lo, hi) = windows[i];
         let sample = moves.last_mut().expect("just pushed");
-        let hi = hi.min(device.arrivals.len().saturating_sub(1));
-        let around = &device.arrivals[lo..=hi.max(lo)];
         let last_seq = sample.last_seq;
+        let first_there = device.arrivals[lo..]
+            .iter()
+            .position(|a| a.seq > last_seq)
+            .map_or(hi, |p| lo + p);
+        let hi = hi
+            .max(first_there)
+            .min(device.arrivals.len().saturating_sub(1));
+        let around = &device.arrivals[lo..=hi.max(lo)];
         sample.longest_gap_ms = longest_gap(around, |_| true);
         sample.longest_gap_source_ms = longest_gap(around, |a| a.seq <= last_seq);
         sample.longest_gap_destination_ms = longest_gap(around, |a| a.seq > last_seq);
