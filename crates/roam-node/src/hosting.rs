@@ -386,8 +386,10 @@ impl Hosting {
     /// waits for [`EXPECTS_PER_CONNECTION`] workers.
     pub(crate) fn expect(&self, worker: WorkerId, secret: &[u8; 32], sink: &Sink) -> u64 {
         let mut expected = self.expected.lock().expect("expected workers");
-        expected
-            .retain(|e| !e.sink.is_closed() && !(e.worker == worker && e.sink.same_channel(sink)));
+        // Closed connections' Expects go, and so does an earlier Expect of this one for
+        // the same worker (this one replaces it).
+        let replaced = |e: &Expected| e.worker == worker && e.sink.same_channel(sink);
+        expected.retain(|e| !(e.sink.is_closed() || replaced(e)));
         let waiting = |e: &&Expected| matches!(e.stage, ExpectStage::Waiting(_));
         let reserved: u64 = expected.iter().filter(waiting).map(|e| e.budget).sum();
         let mine = expected
@@ -514,7 +516,7 @@ impl Hosting {
         self.expected
             .lock()
             .expect("expected workers")
-            .retain(|e| !e.sink.same_channel(sink) && !e.sink.is_closed());
+            .retain(|e| !(e.sink.same_channel(sink) || e.sink.is_closed()));
     }
 
     /// Whether `worker`'s replies go to `sink`.
