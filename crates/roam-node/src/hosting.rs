@@ -83,7 +83,7 @@ struct Flow {
 /// Payload bytes of early Posts one Expect may hold at most, and all Expects waiting on
 /// this node together: a client's next few messages, bounded so that connections that
 /// expect workers which never come cannot fill the node's memory.
-pub(crate) const EXPECT_BUDGET: u64 = 64 << 20;
+const EXPECT_BUDGET: u64 = 64 << 20;
 const EXPECT_TOTAL: u64 = 512 << 20;
 
 /// Expects one connection may have waiting at once: a client moves one worker at a
@@ -458,10 +458,7 @@ impl Hosting {
                     return Err(PostError::UnknownWorker(worker));
                 }
                 self.metrics.messages_ahead(1);
-                let mut flow = hosted.flow.lock().expect("worker flow");
-                flow.early.entry(seq).or_insert((payload, quiet));
-                *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
-                take_early(hosted, &mut flow);
+                hand_ahead(hosted, [(seq, (payload, quiet))], sink);
                 Ok(())
             }
         }
@@ -504,10 +501,7 @@ impl Hosting {
                 "the worker arrived: the messages sent ahead of it go to it"
             );
             self.metrics.messages_ahead(posts.len());
-            let mut flow = hosted.flow.lock().expect("worker flow");
-            flow.early.extend(posts);
-            *hosted.sink.lock().expect("worker sink") = Some(entry.sink.clone());
-            take_early(hosted, &mut flow);
+            hand_ahead(hosted, posts, &entry.sink);
         }
     }
 
@@ -723,6 +717,22 @@ fn take(hosted: &Hosted, flow: &mut Flow, seq: u64, payload: Vec<u8>, quiet: boo
             quiet,
         });
     }
+}
+
+/// Hands `hosted` messages sent ahead of it by the connection `sink` (a message already
+/// held keeps its first copy): those that come next run now, their replies to `sink`;
+/// the others wait for the messages before them.
+fn hand_ahead(
+    hosted: &Hosted,
+    posts: impl IntoIterator<Item = (u64, (Vec<u8>, bool))>,
+    sink: &Sink,
+) {
+    let mut flow = hosted.flow.lock().expect("worker flow");
+    for (seq, post) in posts {
+        flow.early.entry(seq).or_insert(post);
+    }
+    *hosted.sink.lock().expect("worker sink") = Some(sink.clone());
+    take_early(hosted, &mut flow);
 }
 
 /// Gives the worker the early Posts that now come next, in order; drops the ones it has
