@@ -41,6 +41,8 @@ enum Command {
         known: Arc<HashSet<ChunkHash>>,
         reply: oneshot::Sender<Result<Delta, CaptureError>>,
     },
+    /// Nothing: wakes the thread to look at its capture lane.
+    Wake,
 }
 
 /// One hosted worker.
@@ -50,6 +52,10 @@ pub(crate) struct Hosted {
     /// The module it runs.
     pub module: Arc<WorkerModule>,
     commands: std_mpsc::Sender<Command>,
+    /// Captures, which the thread takes before its next queued message: a pre-copy round
+    /// or a checkpoint of a worker with a backlog does not wait for the backlog (the
+    /// capture says which message it follows).
+    captures: std_mpsc::Sender<Command>,
     sink: Arc<Mutex<Option<Sink>>>,
     flow: Arc<Mutex<Flow>>,
     /// Told when a move or a checkpoint ends (see [`Hosting::end_move`]).
@@ -308,6 +314,7 @@ impl Hosting {
             return Err(AdoptError::OtherOwner(worker));
         }
         let (commands, receiver) = std_mpsc::channel();
+        let (captures, capture_receiver) = std_mpsc::channel();
         let sink = Arc::new(Mutex::new(sink));
         let accepted = restored.last_seq();
         let thread_sink = sink.clone();
@@ -329,7 +336,10 @@ impl Hosting {
                 run_worker(
                     worker,
                     restored,
-                    receiver,
+                    Lanes {
+                        commands: receiver,
+                        captures: capture_receiver,
+                    },
                     thread_sink,
                     thread_flow,
                     metrics,
@@ -341,6 +351,7 @@ impl Hosting {
             owner,
             module,
             commands,
+            captures,
             sink,
             flow,
             freed: Notify::new(),
@@ -562,7 +573,7 @@ impl Hosting {
             .ok_or(BeginMoveError::UnknownWorker(worker))?;
         claim(&hosted, worker, |flow| flow.moving = true).await?;
         let (reply, answer) = oneshot::channel();
-        let _ = hosted.commands.send(Command::Capture { reply });
+        hosted.capture(Command::Capture { reply });
         let captured = match answer.await {
             Ok(Ok(snapshot)) => Ok(snapshot),
             Ok(Err(e)) => Err(BeginMoveError::Capture(worker, e.to_string())),
@@ -629,7 +640,7 @@ impl Hosting {
             hosted.flow.lock().expect("worker flow").moving = true;
         }
         let (reply, answer) = oneshot::channel();
-        let _ = hosted.commands.send(Command::CaptureDelta { known, reply });
+        hosted.capture(Command::CaptureDelta { known, reply });
         match answer.await {
             Ok(Ok(delta)) => Ok(delta),
             Ok(Err(e)) => Err(BeginMoveError::Capture(worker, e.to_string())),
@@ -638,12 +649,6 @@ impl Hosting {
                 "the worker's thread is gone".into(),
             )),
         }
-    }
-
-    /// Messages the worker took and has not handled yet: a backlog when it cannot keep up.
-    pub(crate) fn backlog(hosted: &Hosted) -> u64 {
-        let flow = hosted.flow.lock().expect("worker flow");
-        flow.accepted.saturating_sub(flow.handled)
     }
 
     /// Ends a move: if the state was adopted elsewhere the worker is dropped (and the
@@ -701,6 +706,15 @@ impl Hosting {
                 self.drop_worker(worker);
             }
         }
+    }
+}
+
+impl Hosted {
+    /// Sends a capture on the thread's capture lane and wakes the thread. A closed channel
+    /// means the thread is gone: the capture's reply channel says so.
+    fn capture(&self, command: Command) {
+        let _ = self.captures.send(command);
+        let _ = self.commands.send(Command::Wake);
     }
 }
 
@@ -786,15 +800,33 @@ async fn claim(
     }
 }
 
-/// The loop of a worker's thread: one command at a time, in order, until the table drops
-/// the worker (the channel closes), or until the worker's state is found lost (a post-copy
-/// source that went away): then it takes itself out of `table` and ends, freeing its
-/// memory, and the node answers its client's next message UnknownWorker.
+/// What a worker's thread reads: messages in order, and captures before them.
+struct Lanes {
+    commands: std_mpsc::Receiver<Command>,
+    captures: std_mpsc::Receiver<Command>,
+}
+
+impl Lanes {
+    /// The next command: a waiting capture first, else the next queued one (blocking);
+    /// `None` once the table dropped the worker.
+    fn next(&self) -> Option<Command> {
+        match self.captures.try_recv() {
+            Ok(capture) => Some(capture),
+            Err(_) => self.commands.recv().ok(),
+        }
+    }
+}
+
+/// The loop of a worker's thread: one command at a time, messages in order and captures
+/// between two of them, until the table drops the worker (the channels close), or until
+/// the worker's state is found lost (a post-copy source that went away): then it takes
+/// itself out of `table` and ends, freeing its memory, and the node answers its client's
+/// next message UnknownWorker.
 #[allow(clippy::too_many_arguments)]
 fn run_worker(
     id: WorkerId,
     mut worker: Worker,
-    commands: std_mpsc::Receiver<Command>,
+    lanes: Lanes,
     sink: Arc<Mutex<Option<Sink>>>,
     flow: Arc<Mutex<Flow>>,
     metrics: Arc<Metrics>,
@@ -802,7 +834,7 @@ fn run_worker(
 ) {
     let span = tracing::info_span!("worker", worker = %format!("{id:032x}"));
     let _enter = span.enter();
-    while let Ok(command) = commands.recv() {
+    while let Some(command) = lanes.next() {
         match command {
             Command::Deliver {
                 seq,
@@ -813,7 +845,7 @@ fn run_worker(
                     let mut flow = flow.lock().expect("worker flow");
                     if flow.moving {
                         // Paused for a move: a message queued before the pause waits with
-                        // those posted since, and the capture behind it comes now.
+                        // those posted since (the capture went ahead of it).
                         let at = flow.held.partition_point(|(s, _)| *s < seq);
                         flow.held.insert(at, (seq, payload));
                         continue;
@@ -890,6 +922,7 @@ fn run_worker(
             Command::CaptureDelta { known, reply } => {
                 let _ = reply.send(worker.capture_delta(&|hash| known.contains(&hash)));
             }
+            Command::Wake => {}
         }
     }
     tracing::debug!("worker thread ends");

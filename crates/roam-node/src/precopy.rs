@@ -9,10 +9,10 @@
 //! target, when they stop shrinking, or after `max_rounds`. Then the worker stops taking
 //! messages (Posts wait, and the client replays them at the destination), the last delta
 //! goes out with StateEnd, and the destination restores and answers StateAdopted. The
-//! worker is unavailable only during that last round. Messages its thread had queued and
-//! not begun when it paused wait with the later ones (the client replays them all at the
-//! destination), so the last capture never waits for a backlog; and a worker that has a
-//! backlog when the move begins (it cannot keep up here) is sent in one paused round.
+//! worker is unavailable only during that last round. Every capture goes ahead of the
+//! messages the worker's thread has queued, so no round waits for a backlog; messages
+//! queued and not begun when it paused wait with the later ones (the client replays them
+//! all at the destination).
 //!
 //! ```mermaid
 //! sequenceDiagram
@@ -104,9 +104,6 @@ pub(crate) fn choose_post_copy(settings: &PrecopySettings, paused: u64, bandwidt
     }
 }
 
-/// Messages queued and not yet handled from which a worker is sent stopped, in one round.
-const BACKLOG_FOR_STOP_AND_COPY: u64 = 2;
-
 /// What a pre-copy did, for logs and metrics.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PrecopyReport {
@@ -168,18 +165,14 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     let worker = live.worker;
     let hosted = live.hosting.begin_precopy(worker).await?;
     let module = hosted.module.clone();
-    // Version 1 peers know no StateRound: they get the state in one paused round. So does
-    // a worker with a backlog: it cannot keep up here, its rounds would each wait for the
-    // messages queued ahead of them, and the destination is better given them at once.
-    let backlog = Hosting::backlog(&hosted);
-    let max_rounds =
-        if link.machine.version().is_some_and(|v| v >= 2) && backlog < BACKLOG_FOR_STOP_AND_COPY {
-            settings.max_rounds
-        } else {
-            0
-        };
+    // Version 1 peers know no StateRound: they get the state in one paused round.
+    let max_rounds = if link.machine.version().is_some_and(|v| v >= 2) {
+        settings.max_rounds
+    } else {
+        0
+    };
     if max_rounds == 0 && settings.max_rounds > 0 {
-        tracing::debug!(backlog, "the worker is sent in one paused round");
+        tracing::debug!("the worker is sent in one paused round: the peer speaks version 1");
     }
     let mut report = PrecopyReport::default();
     let mut known: HashSet<ChunkHash> = HashSet::new();

@@ -105,7 +105,21 @@ impl NodeProcess {
             );
         }
         // Keep reading both, so a chatty node never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        // ROAM_BENCH_NODE_LOGS=DIR keeps each node's log there (`node-<port>.log`).
+        let log: Box<dyn std::io::Write + Send> =
+            match std::env::var_os("ROAM_BENCH_NODE_LOGS") {
+                Some(dir) => {
+                    let path = Path::new(&dir).join(format!("node-{}.log", addr.port()));
+                    Box::new(std::fs::File::create(&path).with_context(|| {
+                        format!("cannot create the node log {}", path.display())
+                    })?)
+                }
+                None => Box::new(std::io::sink()),
+            };
+        std::thread::spawn(move || {
+            let mut log = log;
+            std::io::copy(&mut stderr, &mut log)
+        });
         // Keep reading so a chatty node never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         Ok(node)

@@ -143,7 +143,7 @@ async fn a_busy_worker_keeps_handling_messages_while_pre_copy_moves_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_with_a_backlog_leaves_without_working_it_off_first() {
+async fn a_worker_with_a_backlog_leaves_in_rounds_without_working_it_off_first() {
     let a = TestNode::start(NodeRole::Edge).await;
     let b = TestNode::start(NodeRole::Edge).await;
     let (mut at_a, local, mut twin) = busy_worker_on(&a, 41).await;
@@ -196,11 +196,11 @@ async fn a_worker_with_a_backlog_leaves_without_working_it_off_first() {
         back.worker.memory() == twin.worker.memory(),
         "the moved worker's memory differs from a worker that never moved"
     );
-    // Sent in one paused round: no live rounds.
+    // Its captures went ahead of the backlog: it was sent while it ran, not in one paused
+    // round.
     let (_, metrics) = a.get("/metrics").await;
-    assert_eq!(
-        metric(&metrics, "roam_precopy_rounds_total"),
-        0.0,
+    assert!(
+        metric(&metrics, "roam_precopy_rounds_total") >= 1.0,
         "{metrics}"
     );
 }
