@@ -313,12 +313,28 @@ fn a_node_killed_during_a_return_recovers_from_the_returns_first_round() {
 
 #[test]
 fn a_fallback_delivers_the_replies_the_lost_link_never_brought() {
-    // The device reaches B through a link; the cloud reaches B directly. The link is cut
-    // after B handled the last message but while its reply was still on the way: the
-    // state the cloud takes from B has handled it, and the reply exists nowhere else.
+    fallback_after_a_reply_is_lost(WorkerOptions::default().recovery_bytes);
+}
+
+#[test]
+fn a_fallback_without_a_recovery_point_still_delivers_every_reply() {
+    // The client cannot make the lost reply again: the one B kept comes through the cloud.
+    fallback_after_a_reply_is_lost(0);
+}
+
+/// The device reaches B through a link; the cloud reaches B directly. The link is cut
+/// after B handled the last message but while its reply was still on the way: the state
+/// the cloud takes from B has handled it. Every reply must reach the application, once and
+/// in order, with a client that keeps a recovery point while `recovery_bytes` of messages
+/// since its last copy of the worker allow.
+fn fallback_after_a_reply_is_lost(recovery_bytes: usize) {
     let cloud = Node::start("cloud", None);
     let b = Node::start("edge", Some(&cloud.url));
     let (link, options) = slow_link_to(&b);
+    let options = WorkerOptions {
+        recovery_bytes,
+        ..options
+    };
     let messages = counter_messages(60);
     let mut replies = Vec::new();
     runtime().block_on(async {

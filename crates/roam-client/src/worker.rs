@@ -1458,6 +1458,19 @@ impl WorkerHandle {
         self.on_message_frame(frame).map(Pumped::Frame)
     }
 
+    /// Whether `frame` (a Reply or Handled) is the next one this handle lacks: a reply of
+    /// the message after the last one delivered, past those of it already here, or that
+    /// message's Handled. Replies passed on by the cloud in a fallback may repeat some
+    /// delivered, or begin after a gap (the source kept only its last messages' replies):
+    /// only the ones that follow on are taken, and a gap is left to the recovery point.
+    fn follows_delivered(&self, frame: &Frame) -> bool {
+        match frame {
+            Frame::Reply { seq, index, .. } => *seq == self.delivered + 1 && *index >= self.partial,
+            Frame::Handled { seq, .. } => *seq == self.delivered + 1,
+            _ => false,
+        }
+    }
+
     /// Handles Reply, Handled and WorkerFailed; returns any other frame to the caller.
     fn on_message_frame(&mut self, frame: Frame) -> Result<Option<Frame>, ClientError> {
         Ok(match frame {
@@ -2080,25 +2093,45 @@ impl WorkerHandle {
         };
         let (source, spent) = spent;
         let mut relay = Connection::open(cloud, &self.options).await?;
-        relay
-            .send(&Frame::Pull {
+        // From version 6 the cloud also brings the replies the source kept of the messages
+        // after the last one delivered here.
+        let pull = if relay.version().is_some_and(|v| v >= 6) {
+            Frame::PullSince {
                 worker: self.id,
                 secret: self.secret,
                 source,
                 destination: to.to_string(),
-            })
-            .await?;
-        let last_seq = match relay.recv().await {
-            Ok(Frame::Moved { last_seq, .. }) => last_seq,
-            Ok(other) => return Err(relay.unexpected(&other, "Moved")),
-            // The cloud could not take the worker from the source either: it is lost.
-            Err(ClientError::Refused { url, code, message }) => {
-                return Err(ClientError::Lost {
-                    url,
-                    reason: format!("the cloud could not fetch the worker ({code}): {message}"),
-                })
+                delivered: self.delivered,
             }
-            Err(e) => return Err(e),
+        } else {
+            Frame::Pull {
+                worker: self.id,
+                secret: self.secret,
+                source,
+                destination: to.to_string(),
+            }
+        };
+        relay.send(&pull).await?;
+        let last_seq = loop {
+            match relay.recv().await {
+                Ok(Frame::Moved { last_seq, .. }) => break last_seq,
+                // The replies the source kept of the messages after the last one delivered
+                // here (PullSince), in order: those that follow on are delivered now.
+                Ok(frame @ (Frame::Reply { .. } | Frame::Handled { .. })) => {
+                    if self.follows_delivered(&frame) {
+                        self.on_message_frame(frame)?;
+                    }
+                }
+                Ok(other) => return Err(relay.unexpected(&other, "Moved")),
+                // The cloud could not take the worker from the source either: it is lost.
+                Err(ClientError::Refused { url, code, message }) => {
+                    return Err(ClientError::Lost {
+                        url,
+                        reason: format!("the cloud could not fetch the worker ({code}): {message}"),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
         };
         let relay_bytes = relay.bytes_in + relay.bytes_out;
         relay.close().await;

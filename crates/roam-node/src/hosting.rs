@@ -22,6 +22,42 @@ use crate::metrics::Metrics;
 /// Where a worker's replies go: the outgoing queue of the connection that uses it.
 pub(crate) type Sink = mpsc::UnboundedSender<Frame>;
 
+/// The replies a node keeps of the last messages each worker handled: at most this many
+/// messages' worth…
+const RECENT_MESSAGES: usize = 64;
+/// …and at most this many bytes of reply payload (the newest message's are kept even
+/// when they alone are more).
+const RECENT_BYTES: usize = 8 << 20;
+
+/// The replies (Reply frames, then Handled) of the last messages a worker handled, newest
+/// last. A client that lost its link to this node may have missed them: a cloud fetching
+/// the worker for it (a fallback) takes them along (see [`Hosting::recent_replies`]).
+#[derive(Default)]
+struct Recent {
+    messages: std::collections::VecDeque<(Vec<Frame>, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn keep(&mut self, frames: &[Frame]) {
+        let bytes = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Reply { payload, .. } => payload.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        self.messages.push_back((frames.to_vec(), bytes));
+        self.bytes += bytes;
+        while self.messages.len() > RECENT_MESSAGES
+            || (self.bytes > RECENT_BYTES && self.messages.len() > 1)
+        {
+            let (_, gone) = self.messages.pop_front().expect("more than one kept");
+            self.bytes -= gone;
+        }
+    }
+}
+
 /// What a worker's thread is asked to do, in order.
 enum Command {
     /// Handle one message.
@@ -57,6 +93,8 @@ pub(crate) struct Hosted {
     /// capture says which message it follows).
     captures: std_mpsc::Sender<Command>,
     sink: Arc<Mutex<Option<Sink>>>,
+    /// Kept by the worker's thread, under the sink's lock.
+    recent: Arc<Mutex<Recent>>,
     flow: Arc<Mutex<Flow>>,
     /// Told when a move or a checkpoint ends (see [`Hosting::end_move`]).
     freed: Notify,
@@ -318,6 +356,8 @@ impl Hosting {
         let sink = Arc::new(Mutex::new(sink));
         let accepted = restored.last_seq();
         let thread_sink = sink.clone();
+        let recent = Arc::new(Mutex::new(Recent::default()));
+        let thread_recent = recent.clone();
         let metrics = self.metrics.clone();
         let flow = Arc::new(Mutex::new(Flow {
             accepted,
@@ -341,6 +381,7 @@ impl Hosting {
                         captures: capture_receiver,
                     },
                     thread_sink,
+                    thread_recent,
                     thread_flow,
                     metrics,
                     table,
@@ -353,6 +394,7 @@ impl Hosting {
             commands,
             captures,
             sink,
+            recent,
             flow,
             freed: Notify::new(),
         });
@@ -651,6 +693,20 @@ impl Hosting {
         }
     }
 
+    /// The replies of the last messages `worker` handled (up to [`RECENT_MESSAGES`] and
+    /// [`RECENT_BYTES`]), oldest first: each message's Reply frames, then its Handled.
+    pub(crate) fn recent_replies(&self, worker: WorkerId) -> Vec<Frame> {
+        let Some(hosted) = self.get(worker) else {
+            return Vec::new();
+        };
+        let recent = hosted.recent.lock().expect("recent replies");
+        recent
+            .messages
+            .iter()
+            .flat_map(|(frames, _)| frames.iter().cloned())
+            .collect()
+    }
+
     /// Ends a move: if the state was adopted elsewhere the worker is dropped (and the
     /// messages held during the move with it: the client replays them there); otherwise it
     /// resumes with the held messages.
@@ -828,6 +884,7 @@ fn run_worker(
     mut worker: Worker,
     lanes: Lanes,
     sink: Arc<Mutex<Option<Sink>>>,
+    recent: Arc<Mutex<Recent>>,
     flow: Arc<Mutex<Flow>>,
     metrics: Arc<Metrics>,
     table: std::sync::Weak<Hosting>,
@@ -903,12 +960,16 @@ fn run_worker(
                         ..
                     })
                 );
-                let sink = sink.lock().expect("worker sink").clone();
-                if let Some(sink) = sink {
+                let sink = sink.lock().expect("worker sink");
+                if !quiet && matches!(frames.last(), Some(Frame::Handled { .. })) {
+                    recent.lock().expect("recent replies").keep(&frames);
+                }
+                if let Some(sink) = sink.as_ref() {
                     for frame in frames {
                         let _ = sink.send(frame);
                     }
                 }
+                drop(sink);
                 if lost {
                     if let Some(table) = table.upgrade() {
                         table.drop_lost(id, &flow);

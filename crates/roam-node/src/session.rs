@@ -7,6 +7,7 @@
 //! nodes (handoff, fallback) run as tasks of their own and report back through the
 //! connection's outgoing queue, so the connection keeps serving its other workers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -236,13 +237,17 @@ async fn handle(
             secret,
             source,
             destination,
+            delivered,
         } => {
             let task = pull(
                 node.clone(),
-                worker,
-                *secret,
-                source.to_owned(),
-                destination.to_owned(),
+                Pulled {
+                    worker,
+                    secret: *secret,
+                    source: source.to_owned(),
+                    destination: destination.to_owned(),
+                    delivered,
+                },
                 sink.clone(),
             );
             tokio::spawn(task.in_current_span());
@@ -457,8 +462,13 @@ async fn return_worker(
     worker: WorkerId,
 ) -> Result<(), LinkError> {
     tracing::Span::current().record("worker", format!("{worker:032x}"));
-    let live =
-        link.machine.version().is_some_and(|v| v >= 2) && !node.hosting.replies_to(worker, sink);
+    // A node asking is the cloud fetching the worker for a client that lost its link to
+    // this node (a fallback): nothing more will come for the worker here, so it leaves
+    // at once, with the replies its client may have missed.
+    let fetched = link.machine.peer() == Some(PeerKind::Node);
+    let live = link.machine.version().is_some_and(|v| v >= 2)
+        && !node.hosting.replies_to(worker, sink)
+        && !fetched;
     if live {
         let live = Live {
             hosting: &node.hosting,
@@ -518,6 +528,13 @@ async fn return_worker(
     // The replies of the messages the worker finished go out before its state.
     while let Ok(frame) = outgoing.try_recv() {
         link.send(frame).await?;
+    }
+    // For a fallback, so do the replies of the last messages it handled, which the link
+    // the client lost may have swallowed: the cloud passes on those the client lacks.
+    if fetched {
+        for frame in node.hosting.recent_replies(worker) {
+            link.send(frame).await?;
+        }
     }
     // Should the worker come back, its unchanged chunks need not travel again.
     node.chunks.put(captured.snapshot.bodies());
@@ -742,23 +759,50 @@ async fn forward_live(
     Ok(result?)
 }
 
-/// Fallback (cloud): fetches the worker from `source` for its client, then hosts it here
-/// or forwards it to `destination`, and tells the client where it runs. The source keeps
-/// its copy until the worker runs at the destination.
-async fn pull(
-    node: Arc<Node>,
+/// What a client's Pull asks for.
+struct Pulled {
     worker: WorkerId,
     secret: [u8; 32],
     source: String,
     destination: String,
-    sink: Sink,
-) {
+    /// The last message whose replies all reached the client (PullSince): the source's
+    /// replies after it go to the client ahead of Moved.
+    delivered: Option<u64>,
+}
+
+/// Fallback (cloud): fetches the worker from `source` for its client, then hosts it here
+/// or forwards it to `destination`, and tells the client where it runs, after passing on
+/// the replies the source kept of the messages after the last one the client has.
+/// The source keeps its copy until the worker runs at the destination.
+async fn pull(node: Arc<Node>, pulled: Pulled, sink: Sink) {
+    let Pulled {
+        worker,
+        secret,
+        source,
+        destination,
+        delivered,
+    } = pulled;
     tracing::Span::current().record("worker", format!("{worker:032x}"));
     let result = pull_inner(&node, worker, secret, &source, &destination).await;
     let frame = match result {
-        Ok(last_seq) => {
-            tracing::info!(%source, %destination, last_seq, "fallback done");
+        Ok((last_seq, replies)) => {
+            tracing::info!(
+                %source,
+                %destination,
+                last_seq,
+                replies = replies.len(),
+                "fallback done"
+            );
             node.metrics.record_move(MoveKind::Fallback, true);
+            if let Some(delivered) = delivered {
+                let seq = |frame: &Frame| match frame {
+                    Frame::Reply { seq, .. } | Frame::Handled { seq, .. } => *seq,
+                    _ => 0,
+                };
+                for reply in replies.into_iter().filter(|r| seq(r) > delivered) {
+                    let _ = sink.send(reply);
+                }
+            }
             Frame::Moved {
                 worker,
                 destination,
@@ -784,7 +828,7 @@ async fn pull_inner(
     secret: [u8; 32],
     source: &str,
     destination: &str,
-) -> Result<u64, MoveError> {
+) -> Result<(u64, Vec<Frame>), MoveError> {
     let mut from = connect(source, &node.config, node.metrics.clone()).await?;
     let result = pull_from(node, &mut from, worker, secret, destination).await;
     if !from.machine.is_closed() {
@@ -804,8 +848,11 @@ async fn pull_from<W: Wire>(
     worker: WorkerId,
     secret: [u8; 32],
     destination: &str,
-) -> Result<u64, MoveError> {
+) -> Result<(u64, Vec<Frame>), MoveError> {
     let source_gone = |e: LinkError| MoveError::Source(e.to_string());
+    // The source's replies, by message and index (Handled last), each once: the replies
+    // of the message it finished before the capture, and those of its last messages.
+    let mut replies: BTreeMap<(u64, u32), Frame> = BTreeMap::new();
     from.send(Frame::Attach { worker, secret })
         .await
         .map_err(source_gone)?;
@@ -836,8 +883,16 @@ async fn pull_from<W: Wire>(
                 .send(Frame::Pong { nonce })
                 .await
                 .map_err(source_gone)?,
-            // The replies of the message the source finishes before capturing: their
-            // client replays what it did not see acknowledged.
+            // The replies of the message the source finishes before capturing, and of its
+            // last messages (version 6 sources).
+            Ok(Event::Reply { .. } | Event::Handled { .. }) => {
+                let key = match &frame {
+                    Frame::Reply { seq, index, .. } => (*seq, *index),
+                    Frame::Handled { seq, .. } => (*seq, u32::MAX),
+                    _ => unreachable!("a Reply or Handled event comes from its frame"),
+                };
+                replies.entry(key).or_insert_with(|| frame.clone());
+            }
             Ok(_) => {}
             Err(refusal) => {
                 let _ = from.refuse(&refusal).await;
@@ -895,5 +950,5 @@ async fn pull_from<W: Wire>(
         Err(e) => worker_error(e.code(), worker, e),
     };
     let _ = from.send(answer).await;
-    outcome
+    outcome.map(|last_seq| (last_seq, replies.into_values().collect()))
 }

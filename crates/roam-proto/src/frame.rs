@@ -177,6 +177,9 @@ frame_types! {
     Release = 0x34,
     /// Asks the node for a copy of the worker's state; the worker stays (version 3).
     Checkpoint = 0x35,
+    /// A Pull from a client that has every reply through a message: the cloud passes on
+    /// the source's replies after it (version 6).
+    PullSince = 0x36,
     /// A node joins the cloud's registry.
     Register = 0x40,
     /// A registered node's current load.
@@ -438,6 +441,21 @@ pub enum Frame {
         /// Where it should run: the cloud's own URL, or another node's.
         destination: String,
     },
+    /// As Pull, from a client that has every reply through message `delivered`: the cloud
+    /// sends it the replies the source kept of the messages after that one, then Moved
+    /// (client → cloud, version 6).
+    PullSince {
+        /// The worker.
+        worker: WorkerId,
+        /// Its secret, which the cloud uses to attach at the source.
+        secret: [u8; 32],
+        /// The node holding it.
+        source: String,
+        /// Where it should run: the cloud's own URL, or another node's.
+        destination: String,
+        /// The last message whose replies have all reached the client.
+        delivered: u64,
+    },
     /// Send the worker's state back to me, on this connection (client → node).
     Return {
         /// The worker.
@@ -510,6 +528,7 @@ impl Frame {
             Frame::MoveOut { .. } => FrameType::MoveOut,
             Frame::Moved { .. } => FrameType::Moved,
             Frame::Pull { .. } => FrameType::Pull,
+            Frame::PullSince { .. } => FrameType::PullSince,
             Frame::Return { .. } => FrameType::Return,
             Frame::Checkpoint { .. } => FrameType::Checkpoint,
             Frame::Release { .. } => FrameType::Release,
@@ -551,6 +570,7 @@ impl Frame {
             | Frame::MoveOut { worker, .. }
             | Frame::Moved { worker, .. }
             | Frame::Pull { worker, .. }
+            | Frame::PullSince { worker, .. }
             | Frame::Return { worker }
             | Frame::Checkpoint { worker }
             | Frame::Release { worker, .. } => Some(*worker),
@@ -773,6 +793,19 @@ impl Frame {
                 out.extend_from_slice(secret);
                 out.put_str(source);
                 out.put_str(destination);
+            }
+            Frame::PullSince {
+                worker,
+                secret,
+                source,
+                destination,
+                delivered,
+            } => {
+                out.put_u128(*worker);
+                out.extend_from_slice(secret);
+                out.put_str(source);
+                out.put_str(destination);
+                out.put_u64(*delivered);
             }
             Frame::Register(node) => encode_registration(out, node),
             Frame::Heartbeat {
@@ -1049,6 +1082,13 @@ fn decode_body(
             secret: r.bytes32()?,
             source: r.string("source")?,
             destination: r.string("destination")?,
+        },
+        FrameType::PullSince => Frame::PullSince {
+            worker: r.u128()?,
+            secret: r.bytes32()?,
+            source: r.string("source")?,
+            destination: r.string("destination")?,
+            delivered: r.u64()?,
         },
         FrameType::Return => Frame::Return { worker: r.u128()? },
         FrameType::Checkpoint => Frame::Checkpoint { worker: r.u128()? },

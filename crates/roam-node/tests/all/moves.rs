@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use roam_node::NodeRole;
-use roam_proto::{ErrorCode, Frame};
+use roam_proto::{ErrorCode, Frame, PeerKind};
 
 use crate::support::{message, Client, LocalWorker, TestNode};
 
@@ -142,23 +142,46 @@ async fn fallback_pulls_the_worker_into_the_cloud() {
         at_a.post(20, 2, &message(2)).await,
         twin.deliver(&message(2))
     );
+    let reply = twin.deliver(&message(3));
+    assert_eq!(at_a.post(20, 3, &message(3)).await, reply);
 
-    // The client "loses" A and asks the cloud to fetch the worker.
+    // The client "loses" A (and with it, say, the last reply) and asks the cloud to fetch
+    // the worker, saying it has every reply through message 2. The cloud passes on the
+    // replies A kept of the messages after it, then Moved.
     let mut at_cloud = Client::hello(&cloud.url).await;
     at_cloud
-        .send(&Frame::Pull {
+        .send(&Frame::PullSince {
             worker: 20,
             secret: local.secret,
             source: a.url.clone(),
             destination: cloud.url.clone(),
+            delivered: 2,
         })
         .await;
+    let mut forwarded: Vec<Frame> = reply
+        .into_iter()
+        .enumerate()
+        .map(|(index, payload)| Frame::Reply {
+            worker: 20,
+            seq: 3,
+            index: index as u32,
+            payload,
+        })
+        .collect();
+    forwarded.push(Frame::Handled {
+        worker: 20,
+        seq: 3,
+        replies: forwarded.len() as u32,
+    });
+    for expected in forwarded {
+        assert_eq!(at_cloud.recv().await, expected);
+    }
     assert_eq!(
         at_cloud.recv().await,
         Frame::Moved {
             worker: 20,
             destination: cloud.url.clone(),
-            last_seq: 2
+            last_seq: 3
         }
     );
     at_cloud
@@ -171,17 +194,57 @@ async fn fallback_pulls_the_worker_into_the_cloud() {
         at_cloud.recv().await,
         Frame::Attached {
             worker: 20,
-            last_seq: 2
+            last_seq: 3
         }
     );
     assert_eq!(
-        at_cloud.post(20, 3, &message(3)).await,
-        twin.deliver(&message(3))
+        at_cloud.post(20, 4, &message(4)).await,
+        twin.deliver(&message(4))
     );
     let (_, health) = a.get("/healthz").await;
     assert!(
         health.contains("\"workers\":0"),
         "A dropped its copy: {health}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_for_a_version_5_client_passes_on_no_replies() {
+    let cloud = TestNode::start(NodeRole::Cloud).await;
+    let a = TestNode::start(NodeRole::Edge).await;
+    let mut local = LocalWorker::counter(24, 1);
+    let mut at_a = Client::hello(&a.url).await;
+    at_a.offload(&mut local).await;
+    assert_eq!(at_a.post(24, 2, &message(2)).await.len(), 1);
+    let mut at_cloud = Client::connect(&cloud.url).await;
+    at_cloud
+        .send(&Frame::Hello {
+            min_version: 1,
+            max_version: 5,
+            peer: PeerKind::Client,
+            name: "a version 5 client".into(),
+        })
+        .await;
+    assert!(matches!(
+        at_cloud.recv().await,
+        Frame::Welcome { version: 5, .. }
+    ));
+    at_cloud
+        .send(&Frame::Pull {
+            worker: 24,
+            secret: local.secret,
+            source: a.url.clone(),
+            destination: cloud.url.clone(),
+        })
+        .await;
+    // Its session would refuse a Reply for a worker it did not attach.
+    assert_eq!(
+        at_cloud.recv().await,
+        Frame::Moved {
+            worker: 24,
+            destination: cloud.url.clone(),
+            last_seq: 2
+        }
     );
 }
 

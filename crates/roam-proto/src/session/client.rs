@@ -82,8 +82,9 @@ impl ClientState {
 /// ```
 ///
 /// In `Ready` it accepts Ping, Pong, Attached, Moved and Nodes, and Reply, Handled and
-/// WorkerFailed for workers this connection attached (an Attached received, or a
-/// StateAdopted received after sending the worker's state). In `Returning` it still takes
+/// WorkerFailed for workers this connection attached (an Attached received, a
+/// StateAdopted received after sending the worker's state, or a PullSince sent: the cloud
+/// sends the source's last replies ahead of Moved). In `Returning` it still takes
 /// the replies of the message the node finishes before it captures the worker. A refused
 /// frame leaves the state as it was, except in `AwaitWelcome` (the session closes) and
 /// for a refused frame of the transfer in progress (the transfer is abandoned).
@@ -409,6 +410,13 @@ impl ClientSession {
             }
             (_, Frame::Ping { .. } | Frame::Pong { .. }) => Ok(()),
             (ClientState::Ready, frame) => match frame {
+                // PullSince is version 6: the cloud sends, ahead of Moved, the replies the
+                // source kept of the messages after the one named.
+                Frame::PullSince { .. } if self.version.is_none_or(|v| v < 6) => Err(not_valid()),
+                Frame::PullSince { worker, .. } => {
+                    self.attached.insert(*worker);
+                    Ok(())
+                }
                 Frame::Replay { .. } if !post_copy => Err(not_valid()),
                 Frame::Expect { .. } if self.version.is_none_or(|v| v < 5) => Err(not_valid()),
                 Frame::Attach { .. }

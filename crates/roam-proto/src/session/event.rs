@@ -248,6 +248,9 @@ pub enum Event<'f> {
         source: &'f str,
         /// Where it should run.
         destination: &'f str,
+        /// The last message whose replies all reached the client (PullSince, version 6):
+        /// the source's replies after it are sent to the client before Moved.
+        delivered: Option<u64>,
     },
     /// Send the attached worker back on this connection: finish the message in progress,
     /// capture, then send StateBegin.

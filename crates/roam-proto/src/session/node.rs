@@ -423,6 +423,27 @@ impl NodeSession {
                     secret,
                     source,
                     destination,
+                    delivered: None,
+                })
+            }
+            // PullSince is version 6.
+            Frame::PullSince { .. } if self.version.is_none_or(|v| v < 6) => {
+                Err(self.refuse(frame))
+            }
+            Frame::PullSince {
+                worker,
+                secret,
+                source,
+                destination,
+                delivered,
+            } => {
+                self.require_cloud(frame)?;
+                Ok(Event::Pull {
+                    worker: *worker,
+                    secret,
+                    source,
+                    destination,
+                    delivered: Some(*delivered),
                 })
             }
             Frame::Register(node) => {

@@ -188,6 +188,13 @@ pub fn samples() -> Vec<Frame> {
                 source: text.to_owned(),
                 destination: text.to_owned(),
             },
+            Frame::PullSince {
+                worker: w,
+                secret: [byte; 32],
+                source: text.to_owned(),
+                destination: text.to_owned(),
+                delivered: n,
+            },
             Frame::Return { worker: w },
             Frame::Checkpoint { worker: w },
             Frame::Release {

@@ -680,6 +680,7 @@ fn node_only_frames_are_refused_from_a_ready_client_and_vice_versa() {
                 | Frame::Expect { .. }
                 | Frame::StateBegin { .. }
                 | Frame::Pull { .. }
+                | Frame::PullSince { .. }
                 | Frame::Register(_)
                 | Frame::ListNodes
         );
@@ -1035,6 +1036,79 @@ fn posts_ahead_of_a_worker_need_version_5_and_a_budget() {
         link.send_to_node(&Frame::Return { worker: W })
             .unwrap_err()
             .code(),
+        ErrorCode::Unauthorized
+    );
+}
+
+#[test]
+fn replies_ahead_of_a_pulls_moved_need_a_pull_since_and_version_6() {
+    let pull = Frame::Pull {
+        worker: W,
+        secret: [3; 32],
+        source: "ws://a".into(),
+        destination: "ws://cloud".into(),
+    };
+    let since = Frame::PullSince {
+        worker: W,
+        secret: [3; 32],
+        source: "ws://a".into(),
+        destination: "ws://cloud".into(),
+        delivered: 6,
+    };
+    let handled = Frame::Handled {
+        worker: W,
+        seq: 7,
+        replies: 0,
+    };
+    // Version 5 knows no PullSince; a Pull does not attach the worker.
+    let mut old = Link::speaking(NodeRole::Cloud, 5);
+    assert!(old.client.on_send(&since).is_err());
+    assert_eq!(
+        old.node.on_frame(&since).unwrap_err().code(),
+        ErrorCode::UnexpectedFrame
+    );
+    assert!(matches!(
+        old.send_to_node(&pull),
+        Ok(Event::Pull {
+            delivered: None,
+            ..
+        })
+    ));
+    assert_eq!(
+        old.send_to_client(&handled).unwrap_err().code(),
+        ErrorCode::Unauthorized
+    );
+    // Version 6: only a cloud takes it; the source's replies come before Moved, and
+    // nothing after it.
+    let mut edge = Link::connected(NodeRole::Edge);
+    edge.client.on_send(&since).unwrap();
+    assert!(edge.node.on_frame(&since).is_err());
+    let mut link = Link::connected(NodeRole::Cloud);
+    assert!(matches!(
+        link.send_to_node(&since),
+        Ok(Event::Pull {
+            delivered: Some(6),
+            ..
+        })
+    ));
+    assert!(matches!(
+        link.send_to_client(&handled),
+        Ok(Event::Handled { seq: 7, .. })
+    ));
+    link.send_to_client(&Frame::Moved {
+        worker: W,
+        destination: "ws://cloud".into(),
+        last_seq: 7,
+    })
+    .unwrap();
+    assert_eq!(
+        link.send_to_client(&Frame::Handled {
+            worker: W,
+            seq: 8,
+            replies: 0
+        })
+        .unwrap_err()
+        .code(),
         ErrorCode::Unauthorized
     );
 }
