@@ -75,7 +75,8 @@ impl Default for PrecopySettings {
 /// body anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PostCopyUse {
-    /// When the paused part would take longer than the downtime target to cross.
+    /// When the paused part would take longer than the downtime target to cross, or the
+    /// worker's memory longer to fill at the receiver.
     #[default]
     Auto,
     /// Never: the destination runs the worker once every body is in.
@@ -86,23 +87,36 @@ pub enum PostCopyUse {
 
 /// The paused part of a move goes post-copy: `paused` bytes still to send, over a link
 /// that carried `bandwidth` bytes per second in the rounds before (0 when none was timed:
-/// the state went in one paused round).
+/// the state went in one paused round), for a worker of `memory` bytes in non-zero chunks,
+/// which a receiver restoring eagerly fills before it runs the worker.
 ///
 /// Measured (`bench paper`, physics, one run each): a warm handoff A → B in one paused
 /// round stalled the application 298 ms post-copy against 371–396 ms without, although
 /// each step of that worker rewrites a third of its pages; the 1 GiB handoff of the memory
 /// sweep stalled 4.9 s against 9.1–9.7 s. Hence no further condition on the size.
-pub(crate) fn choose_post_copy(settings: &PrecopySettings, paused: u64, bandwidth: f64) -> bool {
+pub(crate) fn choose_post_copy(
+    settings: &PrecopySettings,
+    paused: u64,
+    bandwidth: f64,
+    memory: u64,
+) -> bool {
     match settings.post_copy {
         PostCopyUse::Never => false,
         PostCopyUse::Always => true,
         PostCopyUse::Auto => {
             // Without a timed round, a slow device link (10 Mbit/s) is assumed.
             let bandwidth = if bandwidth > 0.0 { bandwidth } else { 1.25e6 };
-            Duration::from_secs_f64(paused as f64 / bandwidth) > settings.downtime_target
+            let sending = Duration::from_secs_f64(paused as f64 / bandwidth);
+            let filling = Duration::from_secs_f64(memory as f64 / FILL_BYTES_PER_SECOND);
+            sending.max(filling) > settings.downtime_target
         }
     }
 }
+
+/// How fast a receiver fills a worker's memory from the bodies it holds (decompress, copy
+/// in), about: `bench paper`'s sweep filled 256 MiB in 0.9 s and 1 GiB in 5.3 s here.
+/// A post-copy receiver runs the worker first and fills behind it.
+const FILL_BYTES_PER_SECOND: f64 = 256e6;
 
 /// What a pre-copy did, for logs and metrics.
 #[derive(Debug, Clone, Default)]
@@ -214,7 +228,9 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     }
     if let Some(paused_at) = paused_at {
         let wanted_bytes: u64 = wanted.iter().map(|b| b.encoded_len() as u64).sum();
-        let post_copy = peer_post_copy(link) && choose_post_copy(settings, wanted_bytes, 0.0);
+        let memory = first.manifest.chunks.len() as u64 * u64::from(first.manifest.chunk_size);
+        let post_copy =
+            peer_post_copy(link) && choose_post_copy(settings, wanted_bytes, 0.0, memory);
         report.paused_bytes = if post_copy {
             report.post_copy = true;
             send_resumable(link, worker, wanted, on_resumed).await?
@@ -275,7 +291,9 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
         .capture_round(worker, &hosted, Arc::new(known), true)
         .await?;
     let delta_bytes: u64 = delta.bodies.iter().map(|b| b.encoded_len() as u64).sum();
-    let post_copy = peer_post_copy(link) && choose_post_copy(settings, delta_bytes, bandwidth);
+    let memory = delta.manifest.chunks.len() as u64 * u64::from(delta.manifest.chunk_size);
+    let post_copy =
+        peer_post_copy(link) && choose_post_copy(settings, delta_bytes, bandwidth, memory);
     report.paused_bytes = if post_copy {
         report.post_copy = true;
         link.send(Frame::StateRound {

@@ -459,7 +459,15 @@ struct Running {
     /// Chunks its code touched that have not arrived, from the runtime's fault thread.
     wants: mpsc::UnboundedReceiver<ChunkHash>,
     last_seq: u64,
+    /// Installs the bodies that were here before it ran, behind it (see [`resume`]).
+    filling: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// At most this many bytes of memory are filled before a post-copy worker runs: the
+/// chunks of the newest round (the ones it wrote last). The other bodies already here
+/// are installed behind it, each one it touches first; filling hundreds of MiB takes a
+/// second or more (a 256 MiB worker whose last round was empty paused 0.9 s for it).
+const RESUME_FILL_BYTES: u64 = 4 << 20;
 
 /// The next chunk the running worker waits for; never, when none runs.
 async fn next_want(running: &mut Option<Running>) -> Option<ChunkHash> {
@@ -492,12 +500,17 @@ async fn load_module(
 
 /// Restores the worker post-copy from the bodies at hand and hosts it. `Ok(None)` when
 /// post-copy is not available here: the transfer goes on and restores eagerly.
+///
+/// The bodies of `newest` (the chunks of the last manifest that the ones before it lacked)
+/// go in first, up to [`RESUME_FILL_BYTES`]; the worker then runs, and a task installs the
+/// other bodies at hand behind it.
 async fn resume(
     hosting: &Arc<Hosting>,
     begin: &Begin,
     module: Arc<WorkerModule>,
     manifest: &Manifest,
     bodies: &HashMap<ChunkHash, ChunkBody>,
+    newest: &HashSet<ChunkHash>,
 ) -> Result<Option<Running>, ReceiveStateError> {
     if let Err(why) = roam_runtime::post_copy_available() {
         tracing::info!(
@@ -506,11 +519,16 @@ async fn resume(
         return Ok(None);
     }
     let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
-    let hot: Vec<ChunkBody> = bodies
-        .values()
-        .filter(|b| used.contains(&b.hash()))
-        .cloned()
-        .collect();
+    let (mut hot, mut later): (Vec<ChunkBody>, Vec<ChunkBody>) = (Vec::new(), Vec::new());
+    let mut filled = 0u64;
+    for body in bodies.values().filter(|b| used.contains(&b.hash())) {
+        if newest.contains(&body.hash()) && filled < RESUME_FILL_BYTES {
+            filled += u64::from(body.raw_len());
+            hot.push(body.clone());
+        } else {
+            later.push(body.clone());
+        }
+    }
     let (wanted, wants) = mpsc::unbounded_channel();
     let runtime = hosting.runtime().clone();
     let (restore_module, manifest) = (module.clone(), manifest.clone());
@@ -534,10 +552,22 @@ async fn resume(
     let last_seq = hosting
         .adopt_running(begin.worker, begin.owner, module, restored)
         .map_err(ReceiveStateError::Host)?;
+    let filler = pager.clone();
+    let filling = (!later.is_empty()).then(|| {
+        tokio::task::spawn_blocking(move || {
+            for body in &later {
+                if let Err(e) = filler.supply(body) {
+                    filler.abandon(&format!("a chunk received earlier does not fit: {e}"));
+                    return;
+                }
+            }
+        })
+    });
     Ok(Some(Running {
         pager,
         wants,
         last_seq,
+        filling,
     }))
 }
 
@@ -611,6 +641,8 @@ async fn receive_inner<W: Wire, M: Machine>(
     // Every chunk of every manifest of this transfer: after each round the receiver holds
     // them all, and a StateRound pushes the bodies of the others.
     let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+    // The chunks the newest manifest brought: what the worker wrote last.
+    let mut newest = known.clone();
 
     let mut received_module = Vec::new();
     // Post-copy: whether the sender said the state is final, and the worker once it runs.
@@ -625,7 +657,7 @@ async fn receive_inner<W: Wire, M: Machine>(
                     continue;
                 }
                 let module = load_module(ctx.runtime, bytes.clone(), &begin.module_hash).await?;
-                running = resume(hosting, &begin, module, &manifest, &bodies).await?;
+                running = resume(hosting, &begin, module, &manifest, &bodies, &newest).await?;
                 resumable = false;
                 if let Some(run) = &running {
                     *pager = Some(run.pager.clone());
@@ -649,6 +681,14 @@ async fn receive_inner<W: Wire, M: Machine>(
                 let mut chunks = vec![first];
                 while let Ok(hash) = run.wants.try_recv() {
                     chunks.push(hash);
+                }
+                // One already here (installed behind the worker) goes in now.
+                for hash in &chunks {
+                    if let Some(body) = bodies.get(hash) {
+                        run.pager
+                            .supply(body)
+                            .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
+                    }
                 }
                 chunks.retain(|hash| !bodies.contains_key(hash));
                 // Until StateEnd (which ends this loop) bodies are due: a want is valid.
@@ -709,7 +749,8 @@ async fn receive_inner<W: Wire, M: Machine>(
                         found: fresh.len(),
                     });
                 }
-                known.extend(fresh);
+                known.extend(fresh.iter().copied());
+                newest = fresh;
                 manifest = next;
             }
             Ok(Event::TransferComplete { .. }) => break,
@@ -739,13 +780,35 @@ async fn receive_inner<W: Wire, M: Machine>(
             }
         }
     }
+    // Every body was sent before StateEnd, so the memory is complete once the ones that
+    // were here before the worker ran are in; meanwhile a chunk the worker touches goes
+    // in at once.
+    if let Some(run) = running.as_mut() {
+        if let Some(filling) = run.filling.take() {
+            tokio::pin!(filling);
+            loop {
+                tokio::select! {
+                    done = &mut filling => {
+                        done.map_err(|e| ReceiveStateError::Cache(e.to_string()))?;
+                        break;
+                    }
+                    Some(hash) = run.wants.recv() => {
+                        if let Some(body) = bodies.get(&hash) {
+                            run.pager
+                                .supply(body)
+                                .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
+                        }
+                    }
+                }
+            }
+        }
+    }
     let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
     let bodies: Vec<ChunkBody> = bodies
         .into_values()
         .filter(|b| used.contains(&b.hash()))
         .collect();
     if let Some(run) = running {
-        // Every body was sent before StateEnd, so the memory is complete.
         let check = run.pager.clone();
         tokio::task::spawn_blocking(move || check.wait_complete(Duration::from_secs(5)))
             .await
