@@ -113,6 +113,11 @@ pub(crate) fn choose_post_copy(
     }
 }
 
+/// The bytes of memory a receiver fills for `manifest`: its non-zero chunks.
+fn filled(manifest: &roam_snapshot::Manifest) -> u64 {
+    manifest.chunks.len() as u64 * u64::from(manifest.chunk_size)
+}
+
 /// How fast a receiver fills a worker's memory from the bodies it holds (decompress, copy
 /// in), about: `bench paper`'s sweep filled 256 MiB in 0.9 s and 1 GiB in 5.3 s here.
 /// A post-copy receiver runs the worker first and fills behind it.
@@ -228,9 +233,8 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     }
     if let Some(paused_at) = paused_at {
         let wanted_bytes: u64 = wanted.iter().map(|b| b.encoded_len() as u64).sum();
-        let memory = first.manifest.chunks.len() as u64 * u64::from(first.manifest.chunk_size);
-        let post_copy =
-            peer_post_copy(link) && choose_post_copy(settings, wanted_bytes, 0.0, memory);
+        let post_copy = peer_post_copy(link)
+            && choose_post_copy(settings, wanted_bytes, 0.0, filled(&first.manifest));
         report.paused_bytes = if post_copy {
             report.post_copy = true;
             send_resumable(link, worker, wanted, on_resumed).await?
@@ -291,9 +295,8 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
         .capture_round(worker, &hosted, Arc::new(known), true)
         .await?;
     let delta_bytes: u64 = delta.bodies.iter().map(|b| b.encoded_len() as u64).sum();
-    let memory = delta.manifest.chunks.len() as u64 * u64::from(delta.manifest.chunk_size);
-    let post_copy =
-        peer_post_copy(link) && choose_post_copy(settings, delta_bytes, bandwidth, memory);
+    let post_copy = peer_post_copy(link)
+        && choose_post_copy(settings, delta_bytes, bandwidth, filled(&delta.manifest));
     report.paused_bytes = if post_copy {
         report.post_copy = true;
         link.send(Frame::StateRound {

@@ -469,6 +469,21 @@ struct Running {
 /// second or more (a 256 MiB worker whose last round was empty paused 0.9 s for it).
 const RESUME_FILL_BYTES: u64 = 4 << 20;
 
+/// Installs the body of `hash` in the running worker's memory at once if it is one held
+/// here (one the worker touched before the task filling them in reached it).
+fn supply_held(
+    run: &Running,
+    bodies: &HashMap<ChunkHash, ChunkBody>,
+    hash: &ChunkHash,
+) -> Result<(), ReceiveStateError> {
+    if let Some(body) = bodies.get(hash) {
+        run.pager
+            .supply(body)
+            .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
+    }
+    Ok(())
+}
+
 /// The next chunk the running worker waits for; never, when none runs.
 async fn next_want(running: &mut Option<Running>) -> Option<ChunkHash> {
     match running {
@@ -684,11 +699,7 @@ async fn receive_inner<W: Wire, M: Machine>(
                 }
                 // One already here (installed behind the worker) goes in now.
                 for hash in &chunks {
-                    if let Some(body) = bodies.get(hash) {
-                        run.pager
-                            .supply(body)
-                            .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
-                    }
+                    supply_held(run, &bodies, hash)?;
                 }
                 chunks.retain(|hash| !bodies.contains_key(hash));
                 // Until StateEnd (which ends this loop) bodies are due: a want is valid.
@@ -793,11 +804,7 @@ async fn receive_inner<W: Wire, M: Machine>(
                         break;
                     }
                     Some(hash) = run.wants.recv() => {
-                        if let Some(body) = bodies.get(&hash) {
-                            run.pager
-                                .supply(body)
-                                .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
-                        }
+                        supply_held(run, &bodies, &hash)?;
                     }
                 }
             }
