@@ -41,7 +41,9 @@ fn build_without_zeroing() -> Result<PathBuf> {
     step("building the Rust workers without zero-freed (release)");
     let workspace = root().join("workers");
     let target_dir = workspace.join("target");
+    // From the workspace, so its `.cargo/config.toml` applies as to the other build.
     run(cargo()
+        .current_dir(&workspace)
         .args(["build", "--release", "--no-default-features"])
         .args(["--target", "wasm32-unknown-unknown", "--manifest-path"])
         .arg(workspace.join("Cargo.toml"))

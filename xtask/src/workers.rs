@@ -54,7 +54,9 @@ fn build_rust_workers(root: &Path) -> Result<Vec<(&'static str, PathBuf)>> {
     let target_dir = workspace.join("target");
     println!("building Rust workers for {TARGET} (release)...");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Run from the workspace so its `.cargo/config.toml` (SIMD on) applies.
     run(Command::new(cargo)
+        .current_dir(&workspace)
         .args(["build", "--release", "--target", TARGET, "--manifest-path"])
         .arg(workspace.join("Cargo.toml"))
         .arg("--target-dir")

@@ -18,9 +18,10 @@
 //! begins with `0xFF` (255 cubes or more) is at least 7144 bytes, so the length tells them
 //! apart.
 //!
-//! The same seed gives the same scene and, step for step, bit-identical poses on every
-//! host: rapier is built with `enhanced-determinism`, so the simulation does not depend on
-//! the platform's float intrinsics. That is what lets a test compare a moved worker's
+//! The same seed gives the same scene and, step for step, bit-identical poses in every
+//! WebAssembly engine: wasm's float instructions, SIMD ones included (built with
+//! `simd128`, `workers/.cargo/config.toml`), are defined to the bit, and every other math
+//! function is compiled into the module. That is what lets a test compare a moved worker's
 //! replies with one that never moved.
 
 use rapier3d::prelude::*;
