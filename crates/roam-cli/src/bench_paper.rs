@@ -526,18 +526,30 @@ pub fn paper(
         sweep::SWEEP_LINK.up_bps / 1_000_000,
         sweep::SWEEP_LINK.rtt.as_millis()
     ));
-    let sizes: &[u32] = if options.quick {
-        &[1, 4]
+    let mut sizes: Vec<u32> = if options.quick {
+        vec![1, 4]
     } else {
-        &[1, 4, 16, 64, 256, 1024]
+        vec![1, 4, 16, 64, 256, 1024]
     };
+    // ROAM_PAPER_SWEEP=1024: only those memory sizes, in MiB (a quicker look at one).
+    if let Ok(only) = std::env::var("ROAM_PAPER_SWEEP") {
+        sizes = only
+            .split(',')
+            .map(|s| s.trim().parse::<u32>())
+            .collect::<Result<_, _>>()
+            .ok()
+            .filter(|s: &Vec<u32>| !s.is_empty() && s.iter().all(|&m| (1..=4096).contains(&m)))
+            .with_context(|| {
+                format!("ROAM_PAPER_SWEEP={only}: expected sizes in MiB from 1 to 4096, comma-separated")
+            })?;
+    }
     let sweep = sweep::sweep(
         roam,
         &WorkerOptions {
             runtime: client_runtime,
             ..WorkerOptions::default()
         },
-        sizes,
+        &sizes,
         if options.quick { 1 } else { runs },
         &say,
     )?;

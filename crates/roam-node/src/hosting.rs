@@ -693,17 +693,22 @@ impl Hosting {
         }
     }
 
-    /// The replies of the last messages `worker` handled (up to [`RECENT_MESSAGES`] and
-    /// [`RECENT_BYTES`]), oldest first: each message's Reply frames, then its Handled.
-    pub(crate) fn recent_replies(&self, worker: WorkerId) -> Vec<Frame> {
+    /// The replies of the last messages `worker` handled after message `after` (up to
+    /// [`RECENT_MESSAGES`] and [`RECENT_BYTES`]), oldest first: each message's Reply
+    /// frames, then its Handled.
+    pub(crate) fn recent_replies(&self, worker: WorkerId, after: u64) -> Vec<Frame> {
         let Some(hosted) = self.get(worker) else {
             return Vec::new();
         };
         let recent = hosted.recent.lock().expect("recent replies");
+        let later = |frame: &&Frame| match frame {
+            Frame::Reply { seq, .. } | Frame::Handled { seq, .. } => *seq > after,
+            _ => true,
+        };
         recent
             .messages
             .iter()
-            .flat_map(|(frames, _)| frames.iter().cloned())
+            .flat_map(|(frames, _)| frames.iter().filter(later).cloned())
             .collect()
     }
 

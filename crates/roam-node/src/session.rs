@@ -225,7 +225,9 @@ async fn handle(
             let task = handoff(node.clone(), worker, destination.to_owned(), sink.clone());
             tokio::spawn(task.in_current_span());
         }
-        Event::Return { worker } => return_worker(node, link, sink, outgoing, worker).await?,
+        Event::Return { worker, delivered } => {
+            return_worker(node, link, sink, outgoing, worker, delivered).await?
+        }
         Event::Checkpoint { worker } => checkpoint_worker(node, link, worker).await?,
         Event::Release { worker, .. } => {
             if link.machine.is_attached(worker) {
@@ -454,12 +456,14 @@ async fn checkpoint_worker(
 /// client asked for the worker back on a connection of its own), the worker keeps
 /// handling the messages that connection brings while its state travels in pre-copy
 /// rounds. Otherwise it finishes what it took, its replies go out, and then its state.
+/// `delivered` (the cloud's ReturnSince) is the last message whose replies the client has.
 async fn return_worker(
     node: &Arc<Node>,
     link: &mut NodeLink,
     sink: &Sink,
     outgoing: &mut mpsc::UnboundedReceiver<Frame>,
     worker: WorkerId,
+    delivered: Option<u64>,
 ) -> Result<(), LinkError> {
     tracing::Span::current().record("worker", format!("{worker:032x}"));
     // A node asking is the cloud fetching the worker for a client that lost its link to
@@ -530,9 +534,10 @@ async fn return_worker(
         link.send(frame).await?;
     }
     // For a fallback, so do the replies of the last messages it handled, which the link
-    // the client lost may have swallowed: the cloud passes on those the client lacks.
+    // the client lost may have swallowed: those after `delivered` when the cloud said
+    // (ReturnSince), all of them otherwise, and the cloud passes on those the client lacks.
     if fetched {
-        for frame in node.hosting.recent_replies(worker) {
+        for frame in node.hosting.recent_replies(worker, delivered.unwrap_or(0)) {
             link.send(frame).await?;
         }
     }
@@ -783,7 +788,7 @@ async fn pull(node: Arc<Node>, pulled: Pulled, sink: Sink) {
         delivered,
     } = pulled;
     tracing::Span::current().record("worker", format!("{worker:032x}"));
-    let result = pull_inner(&node, worker, secret, &source, &destination).await;
+    let result = pull_inner(&node, worker, secret, &source, &destination, delivered).await;
     let frame = match result {
         Ok((last_seq, replies)) => {
             tracing::info!(
@@ -828,9 +833,10 @@ async fn pull_inner(
     secret: [u8; 32],
     source: &str,
     destination: &str,
+    delivered: Option<u64>,
 ) -> Result<(u64, Vec<Frame>), MoveError> {
     let mut from = connect(source, &node.config, node.metrics.clone()).await?;
-    let result = pull_from(node, &mut from, worker, secret, destination).await;
+    let result = pull_from(node, &mut from, worker, secret, destination, delivered).await;
     if !from.machine.is_closed() {
         let _ = from
             .send(Frame::Goodbye {
@@ -848,6 +854,7 @@ async fn pull_from<W: Wire>(
     worker: WorkerId,
     secret: [u8; 32],
     destination: &str,
+    delivered: Option<u64>,
 ) -> Result<(u64, Vec<Frame>), MoveError> {
     let source_gone = |e: LinkError| MoveError::Source(e.to_string());
     // The source's replies, by message and index (Handled last), each once: the replies
@@ -865,9 +872,15 @@ async fn pull_from<W: Wire>(
         match from.machine.on_frame(&frame) {
             Ok(Event::Attached { .. }) if !returning => {
                 returning = true;
-                from.send(Frame::Return { worker })
-                    .await
-                    .map_err(source_gone)?;
+                // A version 7 source is told which replies the client has, and keeps the
+                // others off this link; an older one sends all it kept.
+                let ask = match delivered {
+                    Some(delivered) if from.machine.version().is_some_and(|v| v >= 7) => {
+                        Frame::ReturnSince { worker, delivered }
+                    }
+                    _ => Frame::Return { worker },
+                };
+                from.send(ask).await.map_err(source_gone)?;
             }
             Ok(event @ Event::StateBegin { .. }) => {
                 break Begin::from_event(&event).expect("a StateBegin event")

@@ -180,6 +180,9 @@ frame_types! {
     /// A Pull from a client that has every reply through a message: the cloud passes on
     /// the source's replies after it (version 6).
     PullSince = 0x36,
+    /// A Return from the cloud fetching a worker for a client that has every reply through
+    /// a message: the source sends only the later replies it kept (version 7).
+    ReturnSince = 0x37,
     /// A node joins the cloud's registry.
     Register = 0x40,
     /// A registered node's current load.
@@ -461,6 +464,15 @@ pub enum Frame {
         /// The worker.
         worker: WorkerId,
     },
+    /// As Return, from the cloud fetching the worker for a client whose PullSince said it
+    /// has every reply through message `delivered`: of the replies the node kept, it sends
+    /// only those of later messages (node → node, version 7).
+    ReturnSince {
+        /// The worker.
+        worker: WorkerId,
+        /// The last message whose replies have all reached the client.
+        delivered: u64,
+    },
     /// Send me a copy of the worker's state on this connection, and keep running it
     /// (client → node, version 3): the client's recovery point moves up, so fewer messages
     /// need replaying should the node die.
@@ -530,6 +542,7 @@ impl Frame {
             Frame::Pull { .. } => FrameType::Pull,
             Frame::PullSince { .. } => FrameType::PullSince,
             Frame::Return { .. } => FrameType::Return,
+            Frame::ReturnSince { .. } => FrameType::ReturnSince,
             Frame::Checkpoint { .. } => FrameType::Checkpoint,
             Frame::Release { .. } => FrameType::Release,
             Frame::Register(_) => FrameType::Register,
@@ -572,6 +585,7 @@ impl Frame {
             | Frame::Pull { worker, .. }
             | Frame::PullSince { worker, .. }
             | Frame::Return { worker }
+            | Frame::ReturnSince { worker, .. }
             | Frame::Checkpoint { worker }
             | Frame::Release { worker, .. } => Some(*worker),
             _ => None,
@@ -700,6 +714,10 @@ impl Frame {
             | Frame::StateResumable { worker }
             | Frame::Return { worker }
             | Frame::Checkpoint { worker } => out.put_u128(*worker),
+            Frame::ReturnSince { worker, delivered } => {
+                out.put_u128(*worker);
+                out.put_u64(*delivered);
+            }
             Frame::StateRound {
                 worker,
                 bodies,
@@ -1091,6 +1109,10 @@ fn decode_body(
             delivered: r.u64()?,
         },
         FrameType::Return => Frame::Return { worker: r.u128()? },
+        FrameType::ReturnSince => Frame::ReturnSince {
+            worker: r.u128()?,
+            delivered: r.u64()?,
+        },
         FrameType::Checkpoint => Frame::Checkpoint { worker: r.u128()? },
         FrameType::Release => Frame::Release {
             worker: r.u128()?,

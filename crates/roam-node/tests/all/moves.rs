@@ -208,6 +208,52 @@ async fn fallback_pulls_the_worker_into_the_cloud() {
     );
 }
 
+/// The replies a source sends ahead of the state when a node peer (the cloud) asks for
+/// the worker with `ask`: each frame's message and kind, up to StateBegin.
+async fn replies_ahead_of_the_state(ask: fn(u128) -> Frame) -> Vec<(u64, &'static str)> {
+    let a = TestNode::start(NodeRole::Edge).await;
+    let mut local = LocalWorker::counter(26, 1);
+    let mut at_a = Client::hello(&a.url).await;
+    at_a.offload(&mut local).await;
+    for seq in 2..=4 {
+        assert_eq!(at_a.post(26, seq, &message(seq)).await.len(), 1);
+    }
+    let mut cloud = Client::hello_as(&a.url, PeerKind::Node).await;
+    cloud
+        .send(&Frame::Attach {
+            worker: 26,
+            secret: local.secret,
+        })
+        .await;
+    assert!(matches!(cloud.recv().await, Frame::Attached { .. }));
+    cloud.send(&ask(26)).await;
+    let mut seen = Vec::new();
+    loop {
+        match cloud.recv().await {
+            Frame::Reply { seq, .. } => seen.push((seq, "reply")),
+            Frame::Handled { seq, .. } => seen.push((seq, "handled")),
+            Frame::StateBegin { .. } => return seen,
+            other => panic!("expected replies, then StateBegin; got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_told_what_the_client_has_sends_only_the_later_replies() {
+    // Return: every reply the source kept (the offload's first message, then 2, 3 and 4).
+    let all = replies_ahead_of_the_state(|worker| Frame::Return { worker }).await;
+    for seq in 2..=4 {
+        assert!(all.contains(&(seq, "reply")), "{all:?}");
+    }
+    // ReturnSince (version 7): the client has every reply through message 3.
+    let later = replies_ahead_of_the_state(|worker| Frame::ReturnSince {
+        worker,
+        delivered: 3,
+    })
+    .await;
+    assert_eq!(later, vec![(4, "reply"), (4, "handled")]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fallback_for_a_version_5_client_passes_on_no_replies() {
     let cloud = TestNode::start(NodeRole::Cloud).await;

@@ -419,6 +419,8 @@ impl ClientSession {
                 }
                 Frame::Replay { .. } if !post_copy => Err(not_valid()),
                 Frame::Expect { .. } if self.version.is_none_or(|v| v < 5) => Err(not_valid()),
+                // ReturnSince is version 7 (the cloud fetching a worker for a fallback).
+                Frame::ReturnSince { .. } if self.version.is_none_or(|v| v < 7) => Err(not_valid()),
                 Frame::Attach { .. }
                 | Frame::Expect { .. }
                 | Frame::Replay { .. }
@@ -436,7 +438,9 @@ impl ClientSession {
                     };
                     Ok(())
                 }
-                Frame::Return { worker } | Frame::Checkpoint { worker } => {
+                Frame::Return { worker }
+                | Frame::ReturnSince { worker, .. }
+                | Frame::Checkpoint { worker } => {
                     self.state = ClientState::Returning { worker: *worker };
                     Ok(())
                 }

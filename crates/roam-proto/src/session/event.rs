@@ -257,6 +257,9 @@ pub enum Event<'f> {
     Return {
         /// The worker.
         worker: WorkerId,
+        /// From the cloud's ReturnSince (version 7): the last message whose replies all
+        /// reached the client, so of the replies kept for a fallback only later ones go.
+        delivered: Option<u64>,
     },
     /// Send a copy of the attached worker's state on this connection (version 3): capture
     /// it between two messages, send StateBegin, and keep running it after StateAdopted.

@@ -311,6 +311,16 @@ impl NodeSession {
         }
     }
 
+    /// A Return, ReturnSince or Checkpoint for an attached `worker`: its state goes out next.
+    fn start_sending(&mut self, frame: &Frame, worker: WorkerId) -> Result<(), ProtocolError> {
+        self.require_attached(frame, worker)?;
+        self.state = NodeState::SendingState {
+            worker,
+            stage: SendStage::Preparing,
+        };
+        Ok(())
+    }
+
     fn on_ready<'f>(&mut self, frame: &'f Frame) -> Result<Event<'f>, ProtocolError> {
         match frame {
             Frame::Attach { worker, secret } => Ok(Event::Attach {
@@ -383,23 +393,31 @@ impl NodeSession {
                 })
             }
             Frame::Return { worker } => {
-                self.require_attached(frame, *worker)?;
-                self.state = NodeState::SendingState {
+                self.start_sending(frame, *worker)?;
+                Ok(Event::Return {
                     worker: *worker,
-                    stage: SendStage::Preparing,
-                };
-                Ok(Event::Return { worker: *worker })
+                    delivered: None,
+                })
+            }
+            // ReturnSince is version 7, and only the cloud sends it.
+            Frame::ReturnSince { .. }
+                if self.version.is_none_or(|v| v < 7) || self.peer != Some(PeerKind::Node) =>
+            {
+                Err(self.refuse(frame))
+            }
+            Frame::ReturnSince { worker, delivered } => {
+                self.start_sending(frame, *worker)?;
+                Ok(Event::Return {
+                    worker: *worker,
+                    delivered: Some(*delivered),
+                })
             }
             // Checkpoints are version 3.
             Frame::Checkpoint { .. } if self.version.is_none_or(|v| v < 3) => {
                 Err(self.refuse(frame))
             }
             Frame::Checkpoint { worker } => {
-                self.require_attached(frame, *worker)?;
-                self.state = NodeState::SendingState {
-                    worker: *worker,
-                    stage: SendStage::Preparing,
-                };
+                self.start_sending(frame, *worker)?;
                 Ok(Event::Checkpoint { worker: *worker })
             }
             Frame::Release { worker, last_seq } => {

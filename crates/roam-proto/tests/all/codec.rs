@@ -67,6 +67,7 @@ fn type_bytes_match_the_protocol_document() {
         (FrameType::Release, 0x34),
         (FrameType::Checkpoint, 0x35),
         (FrameType::PullSince, 0x36),
+        (FrameType::ReturnSince, 0x37),
         (FrameType::Register, 0x40),
         (FrameType::Nodes, 0x43),
     ];
@@ -74,7 +75,7 @@ fn type_bytes_match_the_protocol_document() {
         assert_eq!(ty as u8, byte, "{}", ty.name());
         assert_eq!(FrameType::from_u8(byte), Some(ty));
     }
-    assert_eq!(FrameType::ALL.len(), 36);
+    assert_eq!(FrameType::ALL.len(), 37);
 }
 
 #[test]
@@ -265,7 +266,7 @@ fn counts_larger_than_the_input_are_refused_before_allocation() {
 
 #[test]
 fn unknown_types_flags_and_reserved_bits_are_refused() {
-    for ty in [0x00, 0x07, 0x0F, 0x1A, 0x29, 0x37, 0x44, 0xFF] {
+    for ty in [0x00, 0x07, 0x0F, 0x1A, 0x29, 0x38, 0x44, 0xFF] {
         assert_eq!(
             Frame::decode(&framed(ty, &[]), &limits()),
             Err(DecodeFrameError::UnknownType { frame_type: ty })

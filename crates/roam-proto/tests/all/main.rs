@@ -196,6 +196,10 @@ pub fn samples() -> Vec<Frame> {
                 delivered: n,
             },
             Frame::Return { worker: w },
+            Frame::ReturnSince {
+                worker: w,
+                delivered: n,
+            },
             Frame::Checkpoint { worker: w },
             Frame::Release {
                 worker: w,

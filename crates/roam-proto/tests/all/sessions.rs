@@ -25,20 +25,25 @@ impl Link {
 
     /// A link whose client offers only versions up to `max_version`.
     fn speaking(role: NodeRole, max_version: u16) -> Link {
+        Link::from_peer(PeerKind::Client, role, max_version)
+    }
+
+    /// A link from a `peer` offering versions up to `max_version`.
+    fn from_peer(peer: PeerKind, role: NodeRole, max_version: u16) -> Link {
         let mut link = Link {
             client: ClientSession::new(),
             node: NodeSession::new(role),
         };
         let Frame::Hello {
             min_version, name, ..
-        } = ClientSession::hello(PeerKind::Client, "test")
+        } = ClientSession::hello(peer, "test")
         else {
             unreachable!("hello is a Hello")
         };
         let hello = Frame::Hello {
             min_version: min_version.min(max_version),
             max_version,
-            peer: PeerKind::Client,
+            peer,
             name,
         };
         assert!(matches!(
@@ -504,7 +509,10 @@ fn a_return_in_the_right_order_is_accepted() {
     .unwrap();
     assert_eq!(
         link.send_to_node(&Frame::Return { worker: W }),
-        Ok(Event::Return { worker: W })
+        Ok(Event::Return {
+            worker: W,
+            delivered: None
+        })
     );
     assert!(matches!(
         link.node.state(),
@@ -1111,4 +1119,58 @@ fn replies_ahead_of_a_pulls_moved_need_a_pull_since_and_version_6() {
         .code(),
         ErrorCode::Unauthorized
     );
+}
+
+#[test]
+fn a_return_since_comes_only_from_a_node_peer_speaking_version_7() {
+    let since = Frame::ReturnSince {
+        worker: W,
+        delivered: 4,
+    };
+    let attached = |link: &mut Link| {
+        let attach = Frame::Attach {
+            worker: W,
+            secret: [3; 32],
+        };
+        link.send_to_node(&attach).unwrap();
+        link.send_to_client(&Frame::Attached {
+            worker: W,
+            last_seq: 5,
+        })
+        .unwrap();
+    };
+    // A version 6 cloud asks with Return; ReturnSince is not a frame there.
+    let mut old = Link::from_peer(PeerKind::Node, NodeRole::Edge, 6);
+    attached(&mut old);
+    assert!(old.client.on_send(&since).is_err());
+    assert_eq!(
+        old.node.on_frame(&since).unwrap_err().code(),
+        ErrorCode::UnexpectedFrame
+    );
+    // A client has no use for it: the replies it lacks come on its own link.
+    let mut client = Link::connected(NodeRole::Edge);
+    attached(&mut client);
+    assert!(client.node.on_frame(&since).is_err());
+    // The cloud, version 7: the source sends its state, and only the kept replies after
+    // message 4 ahead of it.
+    let mut cloud = Link::from_peer(PeerKind::Node, NodeRole::Edge, 7);
+    attached(&mut cloud);
+    assert_eq!(
+        cloud.send_to_node(&since),
+        Ok(Event::Return {
+            worker: W,
+            delivered: Some(4)
+        })
+    );
+    assert!(matches!(
+        cloud.node.state(),
+        NodeState::SendingState {
+            stage: SendStage::Preparing,
+            ..
+        }
+    ));
+    assert!(matches!(
+        cloud.client.state(),
+        ClientState::Returning { worker: W }
+    ));
 }
