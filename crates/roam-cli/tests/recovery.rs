@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use roam_cli::workloads::{counter_expected, counter_messages};
 use roam_client::{MoveKind, Place, WorkerHandle, WorkerOptions};
-use support::{runtime, slow_link_to, worker, Node};
+use support::{metric, runtime, slow_link_to, worker, Node};
+
+/// WebSocket connections a node accepted, from its `/metrics`.
+const ACCEPTED: &str = "roam_connections_accepted_total";
 
 /// Posts `messages` (window of 8 in flight), collecting replies as they come.
 async fn post_all(handle: &mut WorkerHandle, messages: &[Vec<u8>], replies: &mut Vec<Vec<u8>>) {
@@ -351,6 +354,7 @@ fn fallback_after_a_reply_is_lost(recovery_bytes: usize) {
         handle.post(messages[29].clone()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1400)).await;
         link.set_down(true);
+        let accepted = metric(&cloud.url, ACCEPTED);
         let report = handle
             .move_to(Place::Relay {
                 cloud: cloud.url.clone(),
@@ -361,6 +365,8 @@ fn fallback_after_a_reply_is_lost(recovery_bytes: usize) {
             .unwrap();
         assert_eq!(report.kind, MoveKind::Fallback);
         assert_eq!(report.replayed, 0, "B had handled message 30");
+        // The worker stays in the cloud: it is attached on the connection that asked.
+        assert_eq!(metric(&cloud.url, ACCEPTED), accepted + 1);
         post_all(&mut handle, &messages[30..], &mut replies).await;
         finish(&mut handle, &mut replies).await;
     });

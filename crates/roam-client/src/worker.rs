@@ -2133,6 +2133,12 @@ impl WorkerHandle {
                 Err(e) => return Err(e),
             }
         };
+        // A worker that stays in the cloud is attached on the connection that asked for
+        // it: a new one would cost the device ↔ cloud round trips of its set-up again.
+        if to == cloud {
+            let (bytes, replayed) = self.attach_on(relay, last_seq, None).await?;
+            return Ok((spent + bytes, replayed));
+        }
         let relay_bytes = relay.bytes_in + relay.bytes_out;
         relay.close().await;
         let (bytes, replayed) = self.attach(to, last_seq).await?;

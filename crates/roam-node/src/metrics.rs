@@ -36,6 +36,7 @@ const BUCKETS: [f64; 14] = [
 pub(crate) struct Metrics {
     workers_hosted: AtomicI64,
     connections: AtomicI64,
+    connections_accepted: AtomicU64,
     /// Indexed by kind, then outcome (0 = ok, 1 = error).
     moves: [[AtomicU64; 2]; 4],
     bytes_in: AtomicU64,
@@ -68,6 +69,7 @@ impl Metrics {
 
     pub(crate) fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn connection_closed(&self) {
@@ -156,6 +158,16 @@ impl Metrics {
             out,
             "roam_connections {}",
             self.connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roam_connections_accepted_total WebSocket connections accepted since the node started."
+        );
+        let _ = writeln!(out, "# TYPE roam_connections_accepted_total counter");
+        let _ = writeln!(
+            out,
+            "roam_connections_accepted_total {}",
+            self.connections_accepted.load(Ordering::Relaxed)
         );
         let _ = writeln!(
             out,

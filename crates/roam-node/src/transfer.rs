@@ -469,13 +469,13 @@ struct Running {
 /// second or more (a 256 MiB worker whose last round was empty paused 0.9 s for it).
 const RESUME_FILL_BYTES: u64 = 4 << 20;
 
+/// The chunk bodies a receiver holds, by hash: shared with the task that installs them
+/// behind a post-copy worker.
+type Bodies = HashMap<ChunkHash, Arc<ChunkBody>>;
+
 /// Installs the body of `hash` in the running worker's memory at once if it is one held
 /// here (one the worker touched before the task filling them in reached it).
-fn supply_held(
-    run: &Running,
-    bodies: &HashMap<ChunkHash, ChunkBody>,
-    hash: &ChunkHash,
-) -> Result<(), ReceiveStateError> {
+fn supply_held(run: &Running, bodies: &Bodies, hash: &ChunkHash) -> Result<(), ReceiveStateError> {
     if let Some(body) = bodies.get(hash) {
         run.pager
             .supply(body)
@@ -524,7 +524,7 @@ async fn resume(
     begin: &Begin,
     module: Arc<WorkerModule>,
     manifest: &Manifest,
-    bodies: &HashMap<ChunkHash, ChunkBody>,
+    bodies: &Bodies,
     newest: &HashSet<ChunkHash>,
 ) -> Result<Option<Running>, ReceiveStateError> {
     if let Err(why) = roam_runtime::post_copy_available() {
@@ -534,14 +534,16 @@ async fn resume(
         return Ok(None);
     }
     let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
-    let (mut hot, mut later): (Vec<ChunkBody>, Vec<ChunkBody>) = (Vec::new(), Vec::new());
+    // The bodies installed behind the worker are shared with the transfer, not copied:
+    // for a large worker that is most of its memory.
+    let (mut hot, mut later): (Vec<ChunkBody>, Vec<Arc<ChunkBody>>) = (Vec::new(), Vec::new());
     let mut filled = 0u64;
     for body in bodies.values().filter(|b| used.contains(&b.hash())) {
         if newest.contains(&body.hash()) && filled < RESUME_FILL_BYTES {
             filled += u64::from(body.raw_len());
-            hot.push(body.clone());
+            hot.push(ChunkBody::clone(body));
         } else {
-            later.push(body.clone());
+            later.push(Arc::clone(body));
         }
     }
     let (wanted, wants) = mpsc::unbounded_channel();
@@ -638,10 +640,10 @@ async fn receive_inner<W: Wire, M: Machine>(
     }
     // Bodies this node holds are taken out of the store now, so that evictions during the
     // transfer cannot lose them.
-    let mut bodies: HashMap<ChunkHash, ChunkBody> = HashMap::new();
+    let mut bodies: Bodies = HashMap::new();
     let chunks = chunks_to_ask(&manifest, |hash| match ctx.chunks.get(hash) {
         Some(body) => {
-            bodies.insert(hash, body);
+            bodies.insert(hash, Arc::new(body));
             true
         }
         None => false,
@@ -738,7 +740,7 @@ async fn receive_inner<W: Wire, M: Machine>(
                             .supply(&body)
                             .map_err(|e| ReceiveStateError::PostCopy(e.to_string()))?;
                     }
-                    bodies.insert(body.hash(), body);
+                    bodies.insert(body.hash(), Arc::new(body));
                 }
             }
             Ok(Event::StateResumable { .. }) => resumable = true,
@@ -811,9 +813,11 @@ async fn receive_inner<W: Wire, M: Machine>(
         }
     }
     let used: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
+    // The task filling the worker's memory has ended, and with it its share of the bodies.
     let bodies: Vec<ChunkBody> = bodies
         .into_values()
         .filter(|b| used.contains(&b.hash()))
+        .map(|b| Arc::try_unwrap(b).unwrap_or_else(|shared| ChunkBody::clone(&shared)))
         .collect();
     if let Some(run) = running {
         let check = run.pager.clone();

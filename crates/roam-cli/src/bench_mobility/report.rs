@@ -56,7 +56,8 @@ pub fn markdown(r: &MobilityResults) -> String {
     );
     let _ = writeln!(md, "- Links: {}.", r.links);
     let _ = writeln!(md, "- Nodes: a `roam serve` process per place (edges registered with the cloud), started afresh for every trace × policy; a crowded node's process is put under a CPU quota of the trace's share of one core.");
-    let _ = writeln!(md, "- Workload: the physics worker at 1,000 cubes, one message posted every {} ms whatever the replies (open loop): a step of 1/60 s, and every {}th a fresh drop of the cubes (a settled scene costs next to nothing); latency = reply arrival − the time the message was due. Every node holds the module, compiled, before the trace starts (a deployment serving this application would).",
+    let _ = writeln!(md, "- Workload: the physics worker at {} cubes, one message posted every {} ms whatever the replies (open loop): a step of 1/60 s, and every {}th a fresh drop of the cubes (a settled scene costs next to nothing); latency = reply arrival − the time the message was due. Every node holds the module, compiled, before the trace starts (a deployment serving this application would).",
+        super::run::CUBES,
         super::run::POST_EVERY.as_millis(),
         super::run::SCENE_EVERY);
     if let Some(c) = &r.calibration {

@@ -22,8 +22,10 @@ use crate::workloads::{physics_init, physics_step};
 pub const DEVICE_SHARE: f64 = 0.25;
 /// One step is posted every this often.
 pub const POST_EVERY: Duration = Duration::from_millis(50);
-/// Cubes in the scene.
-pub const CUBES: u32 = 1000;
+/// Cubes in the scene: enough that the slow device cannot quite keep up with a step every
+/// [`POST_EVERY`] (about 50 ms a step there with the SIMD build of the worker; 1,000
+/// cubes, the scene before it, take about 32 ms and leave nothing worth offloading).
+pub const CUBES: u32 = 1500;
 /// A fresh scene (a new drop of the cubes, another seed) every this many messages: cubes
 /// that have come to rest fall asleep, and a settled scene costs next to nothing to step
 /// (here about 200 steps after the drop), which would leave nothing worth offloading.
