@@ -29,6 +29,14 @@ const RECENT_MESSAGES: usize = 64;
 /// when they alone are more).
 const RECENT_BYTES: usize = 8 << 20;
 
+/// The message a Reply or Handled frame answers.
+pub(crate) fn reply_seq(frame: &Frame) -> Option<u64> {
+    match frame {
+        Frame::Reply { seq, .. } | Frame::Handled { seq, .. } => Some(*seq),
+        _ => None,
+    }
+}
+
 /// The replies (Reply frames, then Handled) of the last messages a worker handled, newest
 /// last. A client that lost its link to this node may have missed them: a cloud fetching
 /// the worker for it (a fallback) takes them along (see [`Hosting::recent_replies`]).
@@ -701,10 +709,7 @@ impl Hosting {
             return Vec::new();
         };
         let recent = hosted.recent.lock().expect("recent replies");
-        let later = |frame: &&Frame| match frame {
-            Frame::Reply { seq, .. } | Frame::Handled { seq, .. } => *seq > after,
-            _ => true,
-        };
+        let later = |frame: &&Frame| reply_seq(frame).is_none_or(|seq| seq > after);
         recent
             .messages
             .iter()

@@ -17,7 +17,7 @@ use roam_runtime::Snapshot;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
-use crate::hosting::{owner_of, AttachError, BeginMoveError, PostError, Sink};
+use crate::hosting::{owner_of, reply_seq, AttachError, BeginMoveError, PostError, Sink};
 use crate::link::{connect, ConnectError, Link, LinkError, ServerWire, Wire};
 use crate::metrics::MoveKind;
 use crate::precopy::{send_live, Live, PostCopyUse, PrecopyError, PrecopyReport, PrecopySettings};
@@ -800,11 +800,8 @@ async fn pull(node: Arc<Node>, pulled: Pulled, sink: Sink) {
             );
             node.metrics.record_move(MoveKind::Fallback, true);
             if let Some(delivered) = delivered {
-                let seq = |frame: &Frame| match frame {
-                    Frame::Reply { seq, .. } | Frame::Handled { seq, .. } => *seq,
-                    _ => 0,
-                };
-                for reply in replies.into_iter().filter(|r| seq(r) > delivered) {
+                let later = |r: &Frame| reply_seq(r).is_some_and(|seq| seq > delivered);
+                for reply in replies.into_iter().filter(later) {
                     let _ = sink.send(reply);
                 }
             }
