@@ -670,6 +670,7 @@ impl AutoPlacer {
                     if let Some(link) = nodes.get(url).and_then(|p| p.link.estimate(now)) {
                         profile.on_node_reply(
                             url,
+                            Some(posted + seen.response.as_secs_f64()),
                             seen.response.as_secs_f64(),
                             seen.request_bytes,
                             seen.reply_bytes,

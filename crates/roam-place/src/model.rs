@@ -126,6 +126,8 @@ pub struct WorkerProfile {
     at_node: BTreeMap<String, AtNode>,
     /// The node of the latest run seen, `None` when it ran here.
     latest_node: Option<String>,
+    /// The node of the latest reply seen from one, and when it came.
+    last_node_reply: Option<(String, f64)>,
     state_bytes: u64,
     module_bytes: u64,
 }
@@ -142,6 +144,7 @@ impl Default for WorkerProfile {
             local_busy: Ewma::new(0.2),
             at_node: BTreeMap::new(),
             latest_node: None,
+            last_node_reply: None,
             state_bytes: 0,
             module_bytes: 0,
         }
@@ -171,14 +174,23 @@ impl WorkerProfile {
         }
         self.reply.add(reply_bytes as f64);
         self.latest_node = None;
+        self.last_node_reply = None;
     }
 
     /// A message to the node `id` was answered `response` seconds after it was posted,
     /// with `reply_bytes` in all, over `link`: the link's share is taken off to learn the
     /// handler's time there.
+    ///
+    /// `done` is when its last reply came (on the clock of [`WorkerProfile::on_post`]), if
+    /// known. A message that arrived while the node still ran the one before waited for
+    /// it, and its response holds that wait: the node began it as the one before ended,
+    /// so the time between their last replies is its handler's (the smaller of the two
+    /// figures is taken). Without it a crowded node's backlog would be taken for work, and
+    /// every other place predicted from that work as well.
     pub fn on_node_reply(
         &mut self,
         id: &str,
+        done: Option<f64>,
         response: f64,
         request_bytes: u64,
         reply_bytes: u64,
@@ -191,6 +203,13 @@ impl WorkerProfile {
         let network = link.rtt
             + link.transfer(Direction::Up, request_bytes as f64)
             + link.transfer(Direction::Down, reply_bytes as f64);
+        let mut handler = response - network;
+        if let (Some(done), Some((last_id, last_done))) = (done, &self.last_node_reply) {
+            if last_id == id && done >= *last_done {
+                handler = handler.min(done - last_done);
+            }
+        }
+        self.last_node_reply = done.map(|d| (id.to_string(), d));
         let at = self
             .at_node
             .entry(id.to_string())
@@ -199,7 +218,7 @@ impl WorkerProfile {
                 handler: Ewma::new(HANDLER_WEIGHT),
             });
         at.response.add(response);
-        at.handler.add((response - network).max(MIN_HANDLER));
+        at.handler.add(handler.max(MIN_HANDLER));
         if self.latest_node.as_deref() != Some(id) {
             self.latest_node = Some(id.to_string());
         }
@@ -387,7 +406,7 @@ mod tests {
         let link = LinkEstimate::known(0.010, 1.25e6, 4.5e6);
         for _ in 0..10 {
             // 10 ms round trip, 12.5 KB up (10 ms), 45 KB down (10 ms), 20 ms handler.
-            profile.on_node_reply("ws://a", 0.050, 12_500, 45_000, &link);
+            profile.on_node_reply("ws://a", None, 0.050, 12_500, 45_000, &link);
         }
         let (handler, samples) = profile.node_handler("ws://a").unwrap();
         assert!((handler - 0.020).abs() < 1e-9, "{handler}");
@@ -399,11 +418,44 @@ mod tests {
         // Back on the node, whose runs now take longer: coming back is predicted from
         // them (once there are enough), other nodes still from the time measured here.
         for _ in 0..40 {
-            profile.on_node_reply("ws://a", 0.070, 12_500, 45_000, &link);
+            profile.on_node_reply("ws://a", None, 0.070, 12_500, 45_000, &link);
         }
         let now = profile.local_handler_now(&|_| 4.0).unwrap();
         assert!(now > 0.100, "{now}");
         assert_eq!(profile.local_handler(&|_| 4.0), Some(0.070));
+    }
+
+    #[test]
+    fn a_backlog_at_a_node_is_not_taken_for_work() {
+        // A crowded node takes 74 ms a message and gets one every 50 ms: each waits
+        // longer than the one before, and its response grows by 24 ms a message.
+        let mut profile = WorkerProfile::default();
+        let link = LinkEstimate::known(0.010, 1.25e6, 4.5e6);
+        let network = link.rtt
+            + link.transfer(Direction::Up, 64.0)
+            + link.transfer(Direction::Down, 28_000.0);
+        let mut free_at = 0.0_f64;
+        let mut last_response = 0.0;
+        for i in 0..200 {
+            let posted = i as f64 * 0.050;
+            profile.on_post(posted, 64);
+            free_at = free_at.max(posted + network) + 0.074;
+            let done = free_at;
+            last_response = done - posted;
+            profile.on_node_reply("ws://a", Some(done), done - posted, 64, 28_000, &link);
+        }
+        assert!(last_response > 4.0, "{last_response}");
+        let (handler, _) = profile.node_handler("ws://a").unwrap();
+        assert!((handler - 0.074).abs() < 0.002, "{handler}");
+        // Without the times of the replies, the wait is counted as the handler's.
+        let mut blind = WorkerProfile::default();
+        let mut free_at = 0.0_f64;
+        for i in 0..200 {
+            let posted = i as f64 * 0.050;
+            free_at = free_at.max(posted + network) + 0.074;
+            blind.on_node_reply("ws://a", None, free_at - posted, 64, 28_000, &link);
+        }
+        assert!(blind.node_handler("ws://a").unwrap().0 > 1.0);
     }
 
     #[test]

@@ -777,7 +777,7 @@ mod tests {
         for _ in 0..10 {
             planner
                 .profile_mut()
-                .on_node_reply(EDGE, 0.040, 64, 28_000, &link);
+                .on_node_reply(EDGE, None, 0.040, 64, 28_000, &link);
         }
         // Another edge 5 % faster: not worth a move.
         let twin = Candidate::node(
@@ -824,7 +824,7 @@ mod tests {
             // The edge slowed down: 150 ms a message, slower than this device's 80.
             planner
                 .profile_mut()
-                .on_node_reply(EDGE, 0.166, 64, 28_000, &link);
+                .on_node_reply(EDGE, None, 0.166, 64, 28_000, &link);
         }
         let d = planner.decide(14.0, &[Candidate::local(), edge(0.010), cloud()]);
         assert_eq!(d.target(), Some(CLOUD), "{d:?}");
@@ -868,9 +868,14 @@ mod tests {
         let link = LinkEstimate::known(0.060, 1.25e6, 4.5e6);
         for i in 50..150 {
             planner.profile_mut().on_post(i as f64 * 0.1, 64);
-            planner
-                .profile_mut()
-                .on_node_reply(EDGE, 0.060 + 0.024 + 0.007, 64, 28_000, &link);
+            planner.profile_mut().on_node_reply(
+                EDGE,
+                None,
+                0.060 + 0.024 + 0.007,
+                64,
+                28_000,
+                &link,
+            );
         }
         let d = planner.decide(20.0, &[Candidate::local(), faded]);
         let local = &d.predictions()[0];
@@ -941,7 +946,7 @@ mod tests {
         for _ in 0..10 {
             planner
                 .profile_mut()
-                .on_node_reply(EDGE, 0.040, 64, 28_000, &link);
+                .on_node_reply(EDGE, None, 0.040, 64, 28_000, &link);
         }
         planner
     }
@@ -1030,14 +1035,14 @@ mod tests {
         for _ in 0..200 {
             planner
                 .profile_mut()
-                .on_node_reply(EDGE, 0.025, 64, 28_000, &link);
+                .on_node_reply(EDGE, None, 0.025, 64, 28_000, &link);
         }
         // The edge got crowded: its replies slowed to 400 ms, and the worker left for
         // the cloud. The edge has not measured its speed again yet.
         for _ in 0..10 {
             planner
                 .profile_mut()
-                .on_node_reply(EDGE, 0.400, 64, 28_000, &link);
+                .on_node_reply(EDGE, None, 0.400, 64, 28_000, &link);
         }
         planner.moved(8.0, CLOUD);
         planner.arrived(8.5, CLOUD);
@@ -1045,7 +1050,7 @@ mod tests {
         for _ in 0..20 {
             planner
                 .profile_mut()
-                .on_node_reply(CLOUD, 0.075, 64, 28_000, &cloud_link);
+                .on_node_reply(CLOUD, None, 0.075, 64, 28_000, &cloud_link);
         }
         let candidates = [Candidate::local(), edge(0.010), cloud()];
         let d = planner.decide(12.0, &candidates);

@@ -379,6 +379,7 @@ impl Plan {
                     if let Some(link) = self.node(&url)?.link.estimate(at) {
                         self.planner.profile_mut().on_node_reply(
                             &url,
+                            Some(at),
                             response,
                             request_bytes,
                             reply_bytes,
