@@ -30,8 +30,12 @@ pub const CUBES: u32 = 1500;
 /// that have come to rest fall asleep, and a settled scene costs next to nothing to step
 /// (here about 200 steps after the drop), which would leave nothing worth offloading.
 pub const SCENE_EVERY: usize = 200;
-/// After the trace ends, how long the run waits for the last replies.
-const GRACE: Duration = Duration::from_secs(60);
+/// After the trace ends, the run waits for the last replies while they still come: it
+/// stops once this long passes without one (what is unanswered then is lost)...
+const QUIET: Duration = Duration::from_secs(30);
+/// ...or this long after the trace, whatever still comes (a backlog that takes longer to
+/// work off is reported as unanswered).
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
 /// Policies are asked at least this often.
 const TICK_EVERY: Duration = Duration::from_millis(100);
 
@@ -200,6 +204,8 @@ async fn drive(
     let mut stray = 0u64;
     let mut last_tick = Instant::now();
     let mut last_progress = Instant::now();
+    let mut last_answer = Instant::now();
+    let mut answered_before = 0;
     let mut place = name_of(&handle.place());
     let end = t0 + Duration::from_secs_f64(trace.duration_s);
 
@@ -244,7 +250,15 @@ async fn drive(
             None => false,
         };
         let answered = samples.iter().filter(|s| s.replies > 0).count();
-        if due_post.is_none() && (answered == total || now >= end + GRACE) {
+        if answered > answered_before {
+            answered_before = answered;
+            last_answer = now;
+        }
+        if due_post.is_none()
+            && (answered == total
+                || now >= end + DRAIN_LIMIT
+                || (now >= end && last_answer.elapsed() >= QUIET))
+        {
             break;
         }
         if posted || last_tick.elapsed() >= TICK_EVERY {
