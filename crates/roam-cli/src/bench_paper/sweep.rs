@@ -234,10 +234,31 @@ pub fn sweep(
                 let before = link.stats();
                 let watch = crate::node_metrics::HandoffWatch::start(&a.url, &b.url)?;
                 let asked = Instant::now();
+                // The application keeps posting while the worker moves, a window of
+                // messages at most unanswered, as in a stay: the worker goes on rewriting
+                // its memory at the source, and the stall is the move's pause, not the
+                // whole move.
+                handle.begin_move(Place::Node(b.url.clone())).await?;
+                let mut seed_during = seed + 50;
+                // Replies are stamped in `arrivals` from the first message after the
+                // offload on, one a message.
+                let mut posted = STREAM;
+                while handle.moving() {
+                    if posted.saturating_sub(arrivals.len()) < options.window {
+                        handle
+                            .post(sweep_message(pages, REWRITE_PERCENT, seed_during))
+                            .await?;
+                        seed_during += 1;
+                        posted += 1;
+                        let now = Instant::now();
+                        arrivals.extend(handle.take_replies().iter().map(|_| now));
+                    } else if handle.next_reply().await?.is_some() {
+                        arrivals.push(Instant::now());
+                    }
+                }
                 let report = handle
-                    .move_to(Place::Node(b.url.clone()))
-                    .await?
-                    .context("the worker moved")?;
+                    .take_move_result()
+                    .context("the move reports its outcome")??;
                 let now = Instant::now();
                 arrivals.extend(handle.take_replies().iter().map(|_| now));
                 stream(&mut handle, pages, STREAM, seed + 100, &mut arrivals).await?;
