@@ -256,6 +256,8 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     let mut bandwidth =
         timed_delivery(link, worker, module_bytes + bytes + manifest_len, started).await?;
     let mut previous = bytes;
+    // The last delta captured, when the rounds stop before sending it.
+    let mut unsent: Option<Delta> = None;
 
     for round in 1..=max_rounds {
         let delta = live
@@ -274,7 +276,8 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
             "pre-copy round captured"
         );
         if fits || !shrinking || round == max_rounds {
-            // The paused capture below supersedes this delta.
+            // The paused capture below supersedes this delta, and takes its bodies.
+            unsent = Some(delta);
             break;
         }
         manifest_len = delta.manifest.encoded_len() as u64;
@@ -290,10 +293,7 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     // The last round: the worker stops taking messages, and what changed since the last
     // round sent goes out with StateEnd.
     let paused_at = Instant::now();
-    let delta = live
-        .hosting
-        .capture_round(worker, &hosted, Arc::new(known), true)
-        .await?;
+    let delta = paused_round(live, &hosted, known, unsent).await?;
     let delta_bytes: u64 = delta.bodies.iter().map(|b| b.encoded_len() as u64).sum();
     let post_copy = peer_post_copy(link)
         && choose_post_copy(settings, delta_bytes, bandwidth, filled(&delta.manifest));
@@ -315,6 +315,49 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     report.paused = paused_at.elapsed();
     report.bandwidth = bandwidth;
     Ok((last_seq, report))
+}
+
+/// The paused capture that ends the rounds: the chunks the receiver lacks of the state
+/// as it stands, the receiver holding `known`. The bodies of `unsent` (the delta captured
+/// last, which did not go out) stand for every chunk that has not changed since, so only
+/// what changed after it is compressed while the worker waits: a worker that rewrites its
+/// memory faster than the link carries it stops its rounds with a delta nearly as large
+/// as its state, and compressing that twice would pause it twice as long.
+async fn paused_round(
+    live: &Live<'_>,
+    hosted: &crate::hosting::Hosted,
+    known: HashSet<ChunkHash>,
+    unsent: Option<Delta>,
+) -> Result<Delta, PrecopyError> {
+    let Some(unsent) = unsent else {
+        return Ok(live
+            .hosting
+            .capture_round(live.worker, hosted, Arc::new(known), true)
+            .await?);
+    };
+    let mut skip = known.clone();
+    skip.extend(unsent.bodies.iter().map(ChunkBody::hash));
+    let mut delta = live
+        .hosting
+        .capture_round(live.worker, hosted, Arc::new(skip), true)
+        .await?;
+    let captured: HashSet<ChunkHash> = delta.bodies.iter().map(ChunkBody::hash).collect();
+    let lacking: HashSet<ChunkHash> = delta
+        .manifest
+        .chunks
+        .iter()
+        .map(|c| c.hash)
+        .filter(|h| !known.contains(h) && !captured.contains(h))
+        .collect();
+    delta.bodies.extend(
+        unsent
+            .bodies
+            .into_iter()
+            .filter(|b| lacking.contains(&b.hash())),
+    );
+    delta.bodies.sort_unstable_by_key(ChunkBody::hash);
+    delta.bodies.dedup_by_key(|b| b.hash());
+    Ok(delta)
 }
 
 /// Sends a StateRound and the bodies it announces; returns the bodies' bytes.
