@@ -2803,7 +2803,9 @@ async fn fetch_state(
 /// `manifest`): asks for every chunk body `held` does not have, takes pre-copy rounds
 /// (each a newer manifest and the bodies of its new chunks) until StateEnd, and returns the
 /// last manifest with the bodies it uses. When there are rounds, the state of the first
-/// goes into `first_round` as soon as the second begins (every body of the first is in).
+/// goes into `first_round` as soon as the second begins, if every body of the first is
+/// in (from version 8 a node may begin the second round before it sent them all: the
+/// chunks the worker kept rewriting).
 async fn receive_state(
     conn: &mut Connection,
     worker: WorkerId,
@@ -2812,8 +2814,13 @@ async fn receive_state(
     mut first_round: Option<FirstRound>,
 ) -> Result<(Manifest, Vec<ChunkBody>), ClientError> {
     let mut bodies: HashMap<ChunkHash, ChunkBody> = HashMap::new();
-    let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
-    let mut wanted: Vec<ChunkHash> = known.iter().copied().collect();
+    let mut wanted: Vec<ChunkHash> = manifest
+        .chunks
+        .iter()
+        .map(|c| c.hash)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     wanted.sort_unstable();
     if let Some(held) = held {
         wanted.retain(|&hash| match held.body(hash) {
@@ -2848,11 +2855,14 @@ async fn receive_state(
             } => {
                 let next = Manifest::decode(&bytes, &DecodeLimits::default())
                     .map_err(|e| ClientError::State(e.to_string()))?;
+                // The chunks whose bodies are not here: up to version 7, the chunks no
+                // earlier manifest held; from version 8 a round may end the one before
+                // early, and the bodies it did not send are due again if still used.
                 let fresh: HashSet<ChunkHash> = next
                     .chunks
                     .iter()
                     .map(|c| c.hash)
-                    .filter(|h| !known.contains(h))
+                    .filter(|h| !bodies.contains_key(h))
                     .collect();
                 if fresh.len() != announced as usize || next.module_hash != manifest.module_hash {
                     return Err(conn.unexpected(
@@ -2876,7 +2886,6 @@ async fn receive_state(
                         Err(e) => tracing::debug!("the first round is no snapshot: {e}"),
                     }
                 }
-                known.extend(fresh);
                 manifest = next;
             }
             Frame::StateEnd { .. } => {

@@ -79,14 +79,49 @@ enum Command {
     Capture {
         reply: oneshot::Sender<Result<Snapshot, CaptureError>>,
     },
-    /// Capture the worker between two messages, compressing only the chunks whose hash
-    /// is not in `known`.
+    /// Capture the worker between two messages, compressing the chunks `compress` picks.
     CaptureDelta {
-        known: Arc<HashSet<ChunkHash>>,
+        compress: Compress,
         reply: oneshot::Sender<Result<Delta, CaptureError>>,
     },
     /// Nothing: wakes the thread to look at its capture lane.
     Wake,
+}
+
+/// Which chunks a capture compresses (every chunk is hashed, so its manifest is whole).
+#[derive(Clone)]
+pub(crate) enum Compress {
+    /// Those whose content is not in the set: what changed since the bodies it names.
+    Unknown(Arc<HashSet<ChunkHash>>),
+    /// Only those whose content is in the set: what has not changed since a capture that
+    /// found these hashes.
+    Stable(Arc<HashSet<ChunkHash>>),
+    /// None: a chunk map only.
+    Nothing,
+}
+
+impl Compress {
+    /// Whether a chunk of content `hash` is left uncompressed.
+    fn skips(&self, hash: ChunkHash) -> bool {
+        match self {
+            Compress::Unknown(known) => known.contains(&hash),
+            Compress::Stable(stable) => !stable.contains(&hash),
+            Compress::Nothing => true,
+        }
+    }
+}
+
+/// How a worker has been handling its messages lately, for a move deciding how to send it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    /// The last message it handled.
+    pub handled: u64,
+    /// How long the last message took.
+    pub last_took: Duration,
+    /// Messages taken and not yet handled (the one running included).
+    pub queued: u64,
+    /// How long ago the last message ended (`None`: no message yet).
+    pub since_last: Option<Duration>,
 }
 
 /// One hosted worker.
@@ -114,6 +149,9 @@ struct Flow {
     accepted: u64,
     /// The last message the worker's thread handled.
     handled: u64,
+    /// How long it took, and when it ended.
+    last_took: Duration,
+    last_end: Option<Instant>,
     /// A move is capturing or sending the worker: Posts wait in `held`.
     moving: bool,
     /// A pre-copy runs: the worker still takes messages, but no other move may start.
@@ -370,6 +408,8 @@ impl Hosting {
         let flow = Arc::new(Mutex::new(Flow {
             accepted,
             handled: accepted,
+            last_took: Duration::ZERO,
+            last_end: None,
             moving: false,
             precopying: false,
             copying: false,
@@ -675,22 +715,22 @@ impl Hosting {
         Ok(hosted)
     }
 
-    /// One pre-copy round: captures the worker between two messages, compressing only
-    /// the chunks not in `known`. With `last`, the worker stops taking messages first
+    /// One pre-copy round: captures the worker between two messages, compressing the
+    /// chunks `compress` picks. With `last`, the worker stops taking messages first
     /// (Posts wait, as in [`begin_move`](Hosting::begin_move)) and this is its final
     /// state until [`end_move`](Hosting::end_move).
     pub(crate) async fn capture_round(
         &self,
         worker: WorkerId,
         hosted: &Hosted,
-        known: Arc<HashSet<ChunkHash>>,
+        compress: Compress,
         last: bool,
     ) -> Result<Delta, BeginMoveError> {
         if last {
             hosted.flow.lock().expect("worker flow").moving = true;
         }
         let (reply, answer) = oneshot::channel();
-        hosted.capture(Command::CaptureDelta { known, reply });
+        hosted.capture(Command::CaptureDelta { compress, reply });
         match answer.await {
             Ok(Ok(delta)) => Ok(delta),
             Ok(Err(e)) => Err(BeginMoveError::Capture(worker, e.to_string())),
@@ -776,6 +816,17 @@ impl Hosting {
 }
 
 impl Hosted {
+    /// How the worker has been handling its messages lately.
+    pub(crate) fn pace(&self) -> Pace {
+        let flow = self.flow.lock().expect("worker flow");
+        Pace {
+            handled: flow.handled,
+            last_took: flow.last_took,
+            queued: flow.accepted.saturating_sub(flow.handled),
+            since_last: flow.last_end.map(|at| at.elapsed()),
+        }
+    }
+
     /// Sends a capture on the thread's capture lane and wakes the thread. A closed channel
     /// means the thread is gone: the capture's reply channel says so.
     fn capture(&self, command: Command) {
@@ -961,8 +1012,14 @@ fn run_worker(
                         }]
                     }
                 };
-                metrics.observe_message(started.elapsed());
-                flow.lock().expect("worker flow").handled = seq;
+                let took = started.elapsed();
+                metrics.observe_message(took);
+                {
+                    let mut flow = flow.lock().expect("worker flow");
+                    flow.handled = seq;
+                    flow.last_took = took;
+                    flow.last_end = Some(Instant::now());
+                }
                 let lost = matches!(
                     frames.first(),
                     Some(Frame::Error {
@@ -990,8 +1047,8 @@ fn run_worker(
             Command::Capture { reply } => {
                 let _ = reply.send(worker.capture());
             }
-            Command::CaptureDelta { known, reply } => {
-                let _ = reply.send(worker.capture_delta(&|hash| known.contains(&hash)));
+            Command::CaptureDelta { compress, reply } => {
+                let _ = reply.send(worker.capture_delta(&|hash| compress.skips(hash)));
             }
             Command::Wake => {}
         }

@@ -1,7 +1,10 @@
 //! Pre-copy: sending a worker that keeps running while its state travels.
 //!
 //! Round 0 is an ordinary transfer (StateBegin → StateNeed → the module and chunks asked
-//! for) while the worker goes on handling messages. Each later round captures the worker
+//! for) while the worker goes on handling messages. With a version 8 receiver, a probe
+//! comes first (a chunk map, then a few of the worker's messages): the chunks those
+//! messages rewrote are left out of round 0, which would only send them to be superseded,
+//! and go in a later round. Each later round captures the worker
 //! between two messages, hashing every chunk but compressing only the ones the receiver
 //! does not hold yet, and pushes them behind a StateRound (protocol version 2); a Ping
 //! after each round times its delivery, which gives the link's bandwidth. The rounds stop
@@ -40,7 +43,7 @@ use roam_runtime::{Delta, WorkerModule};
 use roam_snapshot::ChunkBody;
 
 use crate::chunks::ChunkStore;
-use crate::hosting::{BeginMoveError, Hosting};
+use crate::hosting::{BeginMoveError, Compress, Hosted, Hosting};
 use crate::link::{Link, Machine, Wire};
 use crate::transfer::{
     next_frame, refuse_unknown_chunk, SendStateError, CHUNK_BATCH, MODULE_PIECE,
@@ -138,6 +141,8 @@ pub(crate) struct PrecopyReport {
     pub bandwidth: f64,
     /// Whether the paused part went post-copy.
     pub post_copy: bool,
+    /// Chunks left out of round 0 because the worker rewrote them while the probe watched.
+    pub held_back: usize,
 }
 
 /// Why a pre-copy failed. The worker resumes here in every case.
@@ -196,10 +201,22 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     let mut report = PrecopyReport::default();
     let mut known: HashSet<ChunkHash> = HashSet::new();
 
-    // Round 0: the whole state, the worker running unless no round is allowed.
+    // Round 0: the state, the worker running unless no round is allowed. With a receiver
+    // that lets a round end the one before early (version 8), the chunks the worker
+    // rewrites while the probe watches are not compressed, and not sent if the receiver
+    // lacks them: they would change again while round 0 crosses, and go in a later round.
+    let stable = if max_rounds > 0 && link.machine.version().is_some_and(|v| v >= 8) {
+        probe(live, &hosted).await?
+    } else {
+        None
+    };
+    let compress = match &stable {
+        Some(stable) => Compress::Stable(stable.clone()),
+        None => Compress::Unknown(Arc::new(HashSet::new())),
+    };
     let first = live
         .hosting
-        .capture_round(worker, &hosted, Arc::new(HashSet::new()), max_rounds == 0)
+        .capture_round(worker, &hosted, compress, max_rounds == 0)
         .await?;
     let paused_at = (max_rounds == 0).then(Instant::now);
     link.send(Frame::StateBegin {
@@ -225,11 +242,24 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     let bodies: HashMap<ChunkHash, &ChunkBody> =
         first.bodies.iter().map(|b| (b.hash(), b)).collect();
     let mut wanted = Vec::with_capacity(need.len());
+    // The chunks the receiver lacks and does not get in round 0.
+    let mut held_back: HashSet<ChunkHash> = HashSet::new();
     for hash in &need {
-        let Some(body) = bodies.get(hash) else {
-            return Err(SendStateError::UnknownChunk(*hash).into());
-        };
-        wanted.push(*body);
+        match bodies.get(hash) {
+            Some(body) => wanted.push(*body),
+            None if stable.is_some() => {
+                held_back.insert(*hash);
+            }
+            None => return Err(SendStateError::UnknownChunk(*hash).into()),
+        }
+    }
+    report.held_back = held_back.len();
+    if stable.is_some() {
+        tracing::debug!(
+            held_back = held_back.len(),
+            sent = wanted.len(),
+            "round 0 leaves out the chunks the worker keeps rewriting"
+        );
     }
     if let Some(paused_at) = paused_at {
         let wanted_bytes: u64 = wanted.iter().map(|b| b.encoded_len() as u64).sum();
@@ -248,7 +278,16 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     }
     let bytes = send_bodies(link, worker, wanted.iter().copied()).await?;
     live.chunks.put(&first.bodies);
-    known.extend(first.manifest.chunks.iter().map(|c| c.hash));
+    // What the receiver holds: it had or was sent every chunk of manifest 0 but those.
+    known.extend(
+        first
+            .manifest
+            .chunks
+            .iter()
+            .map(|c| c.hash)
+            .filter(|h| !held_back.contains(h)),
+    );
+    let cold_chunks = wanted.len();
     let mut manifest_len = first.manifest.encoded_len() as u64;
     drop(first);
     report.rounds = 1;
@@ -258,16 +297,38 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     let mut previous = bytes;
     // The last delta captured, when the rounds stop before sending it.
     let mut unsent: Option<Delta> = None;
+    // A worker that rewrites more of its memory than it leaves alone cannot send less in
+    // a later round than what it rewrites: the rounds would not shrink, and each would
+    // capture (and compress) it all again. It pauses now.
+    let rounds = if report.held_back > 0 && report.held_back >= cold_chunks {
+        tracing::debug!(
+            held_back = report.held_back,
+            cold_chunks,
+            "no more rounds: the worker rewrites more chunks than it leaves alone"
+        );
+        0
+    } else {
+        max_rounds
+    };
 
-    for round in 1..=max_rounds {
+    for round in 1..=rounds {
         let delta = live
             .hosting
-            .capture_round(worker, &hosted, Arc::new(known.clone()), false)
+            .capture_round(
+                worker,
+                &hosted,
+                Compress::Unknown(Arc::new(known.clone())),
+                false,
+            )
             .await?;
         let delta_bytes: u64 = delta.bodies.iter().map(|b| b.encoded_len() as u64).sum();
         let estimate = Duration::from_secs_f64(delta_bytes as f64 / bandwidth.max(1.0));
         let fits = estimate <= settings.downtime_target;
-        let shrinking = delta_bytes < previous - previous / 10;
+        // The first delta holds the chunks round 0 left out, which it did not send: it
+        // shrinks only if it is smaller than those too.
+        let held_back = if round == 1 { report.held_back } else { 0 };
+        let shrinking = delta_bytes < previous - previous / 10
+            && (held_back == 0 || delta.bodies.len() < held_back - held_back / 10);
         tracing::debug!(
             round,
             delta_bytes,
@@ -275,7 +336,7 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
             bandwidth,
             "pre-copy round captured"
         );
-        if fits || !shrinking || round == max_rounds {
+        if fits || !shrinking || round == rounds {
             // The paused capture below supersedes this delta, and takes its bodies.
             unsent = Some(delta);
             break;
@@ -317,6 +378,61 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     Ok((last_seq, report))
 }
 
+/// Watching a worker before round 0: a chunk map (hashes only, nothing compressed), then
+/// the messages of a short while. Returns the hashes of that map, to keep only the chunks
+/// still holding them in round 0 (see [`Compress::Stable`]); `None` when the worker is
+/// idle (it rewrites nothing), or its messages are long (the capture after the probe would
+/// wait a whole message more).
+async fn probe(
+    live: &Live<'_>,
+    hosted: &Hosted,
+) -> Result<Option<Arc<HashSet<ChunkHash>>>, PrecopyError> {
+    let pace = hosted.pace();
+    let idle = pace.queued == 0 && pace.since_last.is_none_or(|s| s > PROBE_IDLE);
+    if idle || pace.last_took > PROBE_LONGEST_MESSAGE {
+        return Ok(None);
+    }
+    let map = live
+        .hosting
+        .capture_round(live.worker, hosted, Compress::Nothing, false)
+        .await?;
+    let start = hosted.pace().handled;
+    let window = (pace.last_took * 2).max(PROBE_WINDOW);
+    let began = Instant::now();
+    loop {
+        let now = hosted.pace();
+        let waited = began.elapsed();
+        let seen = now.handled - start;
+        if seen >= PROBE_MESSAGES || (seen > 0 && waited >= window) || waited >= PROBE_LONGEST {
+            tracing::debug!(
+                messages = seen,
+                ?waited,
+                "probe: the worker's chunk map, and its messages for a while"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(Some(Arc::new(
+        map.manifest.chunks.iter().map(|c| c.hash).collect(),
+    )))
+}
+
+/// A worker with no message queued whose last one ended longer ago than this is idle.
+/// Its client may be about to post again: a handoff's first messages reach the source a
+/// few milliseconds after it began.
+const PROBE_IDLE: Duration = Duration::from_millis(500);
+/// A worker whose messages take longer than this is not probed.
+const PROBE_LONGEST_MESSAGE: Duration = Duration::from_millis(100);
+/// The probe watches [`PROBE_MESSAGES`] messages, or at least one for [`PROBE_WINDOW`]
+/// (or two of the worker's messages, if longer), or [`PROBE_LONGEST`] for a worker that
+/// handles none: whichever comes first. One message of the physics worker rewrites a
+/// quarter of its memory, four about half, the whole of a pre-copy round (30 and more)
+/// about four fifths (`examples/dirty_profile.rs`).
+const PROBE_MESSAGES: u64 = 4;
+const PROBE_LONGEST: Duration = Duration::from_millis(100);
+const PROBE_WINDOW: Duration = Duration::from_millis(40);
+
 /// The paused capture that ends the rounds: the chunks the receiver lacks of the state
 /// as it stands, the receiver holding `known`. The bodies of `unsent` (the delta captured
 /// last, which did not go out) stand for every chunk that has not changed since, so only
@@ -325,21 +441,26 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
 /// as its state, and compressing that twice would pause it twice as long.
 async fn paused_round(
     live: &Live<'_>,
-    hosted: &crate::hosting::Hosted,
+    hosted: &Hosted,
     known: HashSet<ChunkHash>,
     unsent: Option<Delta>,
 ) -> Result<Delta, PrecopyError> {
     let Some(unsent) = unsent else {
         return Ok(live
             .hosting
-            .capture_round(live.worker, hosted, Arc::new(known), true)
+            .capture_round(
+                live.worker,
+                hosted,
+                Compress::Unknown(Arc::new(known)),
+                true,
+            )
             .await?);
     };
     let mut skip = known.clone();
     skip.extend(unsent.bodies.iter().map(ChunkBody::hash));
     let mut delta = live
         .hosting
-        .capture_round(live.worker, hosted, Arc::new(skip), true)
+        .capture_round(live.worker, hosted, Compress::Unknown(Arc::new(skip)), true)
         .await?;
     let captured: HashSet<ChunkHash> = delta.bodies.iter().map(ChunkBody::hash).collect();
     let lacking: HashSet<ChunkHash> = delta

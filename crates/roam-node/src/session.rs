@@ -17,7 +17,7 @@ use roam_runtime::Snapshot;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
-use crate::hosting::{owner_of, reply_seq, AttachError, BeginMoveError, PostError, Sink};
+use crate::hosting::{owner_of, reply_seq, AttachError, BeginMoveError, Compress, PostError, Sink};
 use crate::link::{connect, ConnectError, Link, LinkError, ServerWire, Wire};
 use crate::metrics::MoveKind;
 use crate::precopy::{send_live, Live, PostCopyUse, PrecopyError, PrecopyReport, PrecopySettings};
@@ -411,7 +411,12 @@ async fn checkpoint_worker(
     };
     let captured = node
         .hosting
-        .capture_round(worker, &hosted, Default::default(), false)
+        .capture_round(
+            worker,
+            &hosted,
+            Compress::Unknown(Default::default()),
+            false,
+        )
         .await;
     // The worker goes on at once; what follows only sends the copy.
     node.hosting.end_move(worker, false);
@@ -501,6 +506,7 @@ async fn return_worker(
                 tracing::info!(
                     last_seq,
                     rounds = report.rounds,
+                    held_back = report.held_back,
                     paused_ms = report.paused.as_secs_f64() * 1e3,
                     "worker returned to its client"
                 );
@@ -650,6 +656,7 @@ async fn handoff(node: Arc<Node>, worker: WorkerId, destination: String, sink: S
                 %destination,
                 last_seq,
                 rounds = report.rounds,
+                held_back = report.held_back,
                 live_bytes = report.live_bytes,
                 paused_bytes = report.paused_bytes,
                 paused_ms = report.paused.as_secs_f64() * 1e3,

@@ -655,11 +655,8 @@ async fn receive_inner<W: Wire, M: Machine>(
         chunks,
     })
     .await?;
-    // Every chunk of every manifest of this transfer: after each round the receiver holds
-    // them all, and a StateRound pushes the bodies of the others.
-    let mut known: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
     // The chunks the newest manifest brought: what the worker wrote last.
-    let mut newest = known.clone();
+    let mut newest: HashSet<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
 
     let mut received_module = Vec::new();
     // Post-copy: whether the sender said the state is final, and the worker once it runs.
@@ -750,11 +747,15 @@ async fn receive_inner<W: Wire, M: Machine>(
                 ..
             }) => {
                 let next = decode_manifest(bytes)?;
+                // The chunks whose bodies are not here. Up to version 7 a round follows
+                // every body of the one before, so these are also the chunks no earlier
+                // manifest held; from version 8 a round may end the one before early,
+                // and the bodies it did not send are due again if still used.
                 let fresh: HashSet<ChunkHash> = next
                     .chunks
                     .iter()
                     .map(|c| c.hash)
-                    .filter(|h| !known.contains(h))
+                    .filter(|h| !bodies.contains_key(h))
                     .collect();
                 if fresh.len() != announced as usize {
                     return Err(ReceiveStateError::RoundCount {
@@ -762,7 +763,6 @@ async fn receive_inner<W: Wire, M: Machine>(
                         found: fresh.len(),
                     });
                 }
-                known.extend(fresh.iter().copied());
                 newest = fresh;
                 manifest = next;
             }

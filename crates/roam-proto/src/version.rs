@@ -4,7 +4,7 @@
 use crate::NegotiateVersionError;
 
 /// The protocol version this crate speaks best.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The oldest protocol version this crate still speaks. Nodes keep speaking version 1 for
 /// the browser SDK, which has no pre-copy (2) or checkpoints (3) yet, and so accept their

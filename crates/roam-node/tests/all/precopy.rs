@@ -1,7 +1,7 @@
 //! Pre-copy and deltas: a busy worker keeps handling messages while its state travels
 //! edge to edge, and a worker coming back to a node sends only what changed.
 
-use roam_node::NodeRole;
+use roam_node::{NodeRole, PrecopySettings};
 use roam_proto::{Frame, WorkerId};
 
 use crate::support::{Client, LocalWorker, TestNode};
@@ -46,7 +46,19 @@ async fn handoff_while_posting(
     client: &mut Client,
     worker: WorkerId,
     destination: &str,
+    seq: u64,
+) -> (u64, u64, u64) {
+    handoff_while_rewriting(client, worker, destination, seq, 2).await
+}
+
+/// [`handoff_while_posting`] with messages that each rewrite the same `percent` % of the
+/// memory.
+async fn handoff_while_rewriting(
+    client: &mut Client,
+    worker: WorkerId,
+    destination: &str,
     mut seq: u64,
+    percent: u32,
 ) -> (u64, u64, u64) {
     client
         .send(&Frame::MoveOut {
@@ -60,7 +72,7 @@ async fn handoff_while_posting(
             .send(&Frame::Post {
                 worker,
                 seq,
-                payload: filler(PAGES, 2, seq as u32),
+                payload: filler(PAGES, percent, seq as u32),
             })
             .await;
         seq += 1;
@@ -76,6 +88,56 @@ async fn handoff_while_posting(
     }
 }
 
+/// Attaches to `worker` at `url`, where the state of message `last_seq` arrived, replays
+/// the messages after it up to `next` (each rewriting `percent` %), and checks the worker
+/// then holds the memory of `twin`, which handled them all and never moved.
+async fn ends_as_its_twin(
+    url: &str,
+    worker: WorkerId,
+    local: &LocalWorker,
+    twin: &mut LocalWorker,
+    last_seq: u64,
+    next: u64,
+    percent: u32,
+) {
+    let (mut there, attached) = attach(url, worker, local.secret).await;
+    assert_eq!(attached, last_seq);
+    for seq in 2..next {
+        let payload = filler(PAGES, percent, seq as u32);
+        twin.deliver(&payload);
+        if seq > last_seq {
+            there.post(worker, seq, &payload).await;
+        }
+    }
+    let state = there.take_back(worker).await;
+    assert_eq!(state.manifest.last_seq, next - 1);
+    let mut back = LocalWorker::start(&wat::parse_str(FILLER).unwrap(), worker, 0);
+    back.restore(&state);
+    assert!(
+        back.worker.memory() == twin.worker.memory(),
+        "the moved worker's memory differs from a worker that never moved"
+    );
+}
+
+/// Two edges, A reaching B over an emulated 200 Mbit/s link (2 ms round trip), A's
+/// pre-copy aiming at `downtime`: A, B and the link, which lives as long as it is held.
+async fn edges_200_mbit_apart(
+    downtime: std::time::Duration,
+) -> (TestNode, TestNode, roam_link::Link) {
+    let b = TestNode::start(NodeRole::Edge).await;
+    let link = roam_link::Link::start(
+        roam_link::LinkSpec::symmetric(200_000_000, std::time::Duration::from_millis(2)),
+        b.addr,
+    )
+    .unwrap();
+    let a = TestNode::start_with(NodeRole::Edge, None, |c| {
+        c.precopy.downtime_target = downtime;
+        c.routes.insert(b.url.clone(), link.url());
+    })
+    .await;
+    (a, b, link)
+}
+
 pub fn metric(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
@@ -89,17 +151,7 @@ async fn a_busy_worker_keeps_handling_messages_while_pre_copy_moves_it() {
     // takes about 0.7 s: messages certainly arrive while it travels, however loaded the
     // machine. No downtime target can be met on purpose: the rounds stop when they stop
     // shrinking.
-    let b = TestNode::start(NodeRole::Edge).await;
-    let link = roam_link::Link::start(
-        roam_link::LinkSpec::symmetric(200_000_000, std::time::Duration::from_millis(2)),
-        b.addr,
-    )
-    .unwrap();
-    let a = TestNode::start_with(NodeRole::Edge, None, |c| {
-        c.precopy.downtime_target = std::time::Duration::ZERO;
-        c.routes.insert(b.url.clone(), link.url());
-    })
-    .await;
+    let (a, b, _link) = edges_200_mbit_apart(std::time::Duration::ZERO).await;
     let (mut at_a, local, mut twin) = busy_worker_on(&a, 40).await;
 
     let (handled_during, last_seq, next) = handoff_while_posting(&mut at_a, 40, &b.url, 2).await;
@@ -109,23 +161,7 @@ async fn a_busy_worker_keeps_handling_messages_while_pre_copy_moves_it() {
     );
     // Every message the source handled is in the state B adopted; the rest are replayed.
     assert_eq!(last_seq, 1 + handled_during);
-    let (mut at_b, attached) = attach(&b.url, 40, local.secret).await;
-    assert_eq!(attached, last_seq);
-    for seq in 2..next {
-        let payload = filler(PAGES, 2, seq as u32);
-        twin.deliver(&payload);
-        if seq > last_seq {
-            at_b.post(40, seq, &payload).await;
-        }
-    }
-    let state = at_b.take_back(40).await;
-    assert_eq!(state.manifest.last_seq, next - 1);
-    let mut back = LocalWorker::start(&wat::parse_str(FILLER).unwrap(), 40, 0);
-    back.restore(&state);
-    assert!(
-        back.worker.memory() == twin.worker.memory(),
-        "the moved worker's memory differs from a worker that never moved"
-    );
+    ends_as_its_twin(&b.url, 40, &local, &mut twin, last_seq, next, 2).await;
 
     let (_, metrics) = a.get("/metrics").await;
     // Whether a second round goes out depends on how many messages the worker handled
@@ -140,6 +176,43 @@ async fn a_busy_worker_keeps_handling_messages_while_pre_copy_moves_it() {
         live > 16e6 && paused < live / 4.0,
         "{live} bytes sent while running, {paused} paused"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chunks_a_worker_keeps_rewriting_cross_once() {
+    // Every message rewrites the same tenth of 16 MiB of noise. Sent in rounds as they
+    // come, that tenth would cross in round 0, again in round 1 and again paused: 1.2
+    // times the state. Left out of round 0 (the probe sees the worker rewrite it), it
+    // crosses once, in the last round.
+    let (a, b, _link) = edges_200_mbit_apart(PrecopySettings::default().downtime_target).await;
+    let (mut at_a, local, mut twin) = busy_worker_on(&a, 42).await;
+    // A few messages first, so the source knows how long one takes.
+    for seq in 2..6 {
+        at_a.post(42, seq, &filler(PAGES, 10, seq as u32)).await;
+    }
+    let (_, last_seq, next) = handoff_while_rewriting(&mut at_a, 42, &b.url, 6, 10).await;
+
+    // A post-copy handoff tells the client before the last bodies leave the source: its
+    // figures come when they have.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = a.get("/metrics").await.1;
+        if metric(&metrics, "roam_precopy_rounds_total") > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let live = metric(&metrics, "roam_precopy_bytes_total{phase=\"live\"}");
+    let paused = metric(&metrics, "roam_precopy_bytes_total{phase=\"paused\"}");
+    // The state: 4,096 chunks of noise, stored raw, each with its 25-byte header.
+    let state = 4096.0 * (4096.0 + 25.0);
+    let sent = live + paused;
+    assert!(
+        sent > 0.95 * state && sent < 1.05 * state,
+        "{live} bytes sent while the worker ran and {paused} paused, for a state of {state}"
+    );
+
+    ends_as_its_twin(&b.url, 42, &local, &mut twin, last_seq, next, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

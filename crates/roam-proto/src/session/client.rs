@@ -225,6 +225,7 @@ impl ClientSession {
                             worker,
                             *module_hash,
                             *module_len,
+                            self.version,
                         ));
                         Ok(Event::StateBegin {
                             worker,

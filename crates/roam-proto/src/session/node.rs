@@ -371,8 +371,12 @@ impl NodeSession {
                 token,
                 manifest,
             } => {
-                self.state =
-                    NodeState::ReceivingState(Incoming::begin(*worker, *module_hash, *module_len));
+                self.state = NodeState::ReceivingState(Incoming::begin(
+                    *worker,
+                    *module_hash,
+                    *module_len,
+                    self.version,
+                ));
                 Ok(Event::StateBegin {
                     worker: *worker,
                     module_hash,

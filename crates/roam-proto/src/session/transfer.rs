@@ -45,10 +45,19 @@ pub struct Incoming {
     pub resumable: bool,
     /// Whether this side runs the worker already (StateResumed sent).
     pub resumed: bool,
+    /// Whether a StateRound may end the round before it early (version 8): the bodies of
+    /// that round not sent are then no longer due.
+    pub rounds_end_early: bool,
 }
 
 impl Incoming {
-    pub(crate) fn begin(worker: WorkerId, module_hash: ModuleHash, module_len: u32) -> Incoming {
+    /// A transfer whose StateBegin arrived on a connection of protocol `version`.
+    pub(crate) fn begin(
+        worker: WorkerId,
+        module_hash: ModuleHash,
+        module_len: u32,
+        version: Option<u16>,
+    ) -> Incoming {
         Incoming {
             worker,
             module_hash,
@@ -56,6 +65,7 @@ impl Incoming {
             stage: ReceiveStage::Deciding,
             resumable: false,
             resumed: false,
+            rounds_end_early: version.is_some_and(|v| v >= 8),
         }
     }
 
@@ -188,8 +198,8 @@ impl Incoming {
                 Frame::StateRound {
                     bodies, manifest, ..
                 },
-                ReceiveStage::Chunks { remaining: 0 },
-            ) if !self.resumable => {
+                ReceiveStage::Chunks { remaining },
+            ) if !self.resumable && (remaining == 0 || self.rounds_end_early) => {
                 self.stage = ReceiveStage::Chunks {
                     remaining: u64::from(*bodies),
                 };

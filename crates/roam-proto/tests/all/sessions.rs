@@ -797,8 +797,8 @@ fn pre_copy_rounds_follow_the_bodies_of_the_round_before() {
     let mut link = Link::connected(NodeRole::Edge);
     link.begin(0);
     link.need(false, 2);
-    // Not before the bodies asked for have all arrived.
-    let mut early = Link::connected(NodeRole::Edge);
+    // Up to version 7, not before the bodies asked for have all arrived.
+    let mut early = Link::speaking(NodeRole::Edge, 7);
     early.begin(0);
     early.need(false, 2);
     early.send_to_node(&chunk_data(W, 1)).unwrap();
@@ -806,6 +806,23 @@ fn pre_copy_rounds_follow_the_bodies_of_the_round_before() {
     let err = early.node.on_frame(&state_round(W, 1)).unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
     assert_eq!(early.node.state(), &NodeState::Ready);
+    // From version 8 a round may end the one before early: the bodies it did not send are
+    // no longer due, and those of the new round are.
+    let mut cut = Link::speaking(NodeRole::Edge, 8);
+    cut.begin(0);
+    cut.need(false, 2);
+    cut.send_to_node(&chunk_data(W, 1)).unwrap();
+    assert!(matches!(
+        cut.send_to_node(&state_round(W, 4)),
+        Ok(Event::StateRound { bodies: 4, .. })
+    ));
+    assert_eq!(receiving(&cut.node), ReceiveStage::Chunks { remaining: 4 });
+    // StateEnd still waits for every body of the last round.
+    let err = cut
+        .node
+        .on_frame(&Frame::StateEnd { worker: W })
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnexpectedFrame);
 
     link.send_to_node(&chunk_data(W, 2)).unwrap();
     assert!(matches!(
