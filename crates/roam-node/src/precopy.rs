@@ -60,6 +60,11 @@ pub struct PrecopySettings {
     pub max_rounds: u32,
     /// Whether the paused part of a move may go post-copy. Default [`PostCopyUse::Auto`].
     pub post_copy: PostCopyUse,
+    /// Whether round 0 may leave out the chunks the worker keeps rewriting (with a
+    /// version 8 receiver, after a probe). Default true. Its first round is then no whole
+    /// state: a return to a client, which keeps that round as a copy to recover from,
+    /// sends it whole.
+    pub hold_back: bool,
 }
 
 impl Default for PrecopySettings {
@@ -68,6 +73,7 @@ impl Default for PrecopySettings {
             downtime_target: Duration::from_millis(20),
             max_rounds: 8,
             post_copy: PostCopyUse::Auto,
+            hold_back: true,
         }
     }
 }
@@ -205,11 +211,12 @@ pub(crate) async fn send_live<W: Wire, M: Machine>(
     // that lets a round end the one before early (version 8), the chunks the worker
     // rewrites while the probe watches are not compressed, and not sent if the receiver
     // lacks them: they would change again while round 0 crosses, and go in a later round.
-    let stable = if max_rounds > 0 && link.machine.version().is_some_and(|v| v >= 8) {
-        probe(live, &hosted).await?
-    } else {
-        None
-    };
+    let stable =
+        if settings.hold_back && max_rounds > 0 && link.machine.version().is_some_and(|v| v >= 8) {
+            probe(live, &hosted).await?
+        } else {
+            None
+        };
     let compress = match &stable {
         Some(stable) => Compress::Stable(stable.clone()),
         None => Compress::Unknown(Arc::new(HashSet::new())),

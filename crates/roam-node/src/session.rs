@@ -485,9 +485,12 @@ async fn return_worker(
             chunks: &node.chunks,
         };
         // A client or the cloud taking the worker back restores it once every body is in:
-        // neither hosts a worker whose memory is still arriving.
+        // neither hosts a worker whose memory is still arriving. The client keeps the
+        // first round as a copy to recover from, should this node be lost before the
+        // return ends: that round carries the whole state.
         let settings = PrecopySettings {
             post_copy: PostCopyUse::Never,
+            hold_back: false,
             ..node.config.precopy
         };
         let result = send_live(link, &live, None, &settings, &mut |_| {}).await;
