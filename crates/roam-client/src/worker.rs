@@ -2814,14 +2814,9 @@ async fn receive_state(
     mut first_round: Option<FirstRound>,
 ) -> Result<(Manifest, Vec<ChunkBody>), ClientError> {
     let mut bodies: HashMap<ChunkHash, ChunkBody> = HashMap::new();
-    let mut wanted: Vec<ChunkHash> = manifest
-        .chunks
-        .iter()
-        .map(|c| c.hash)
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    let mut wanted: Vec<ChunkHash> = manifest.chunks.iter().map(|c| c.hash).collect();
     wanted.sort_unstable();
+    wanted.dedup();
     if let Some(held) = held {
         wanted.retain(|&hash| match held.body(hash) {
             Some(body) => {
