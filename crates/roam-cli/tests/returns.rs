@@ -14,6 +14,23 @@ use support::{metric, runtime, slow_link_to, worker, Node};
 /// Messages the node has handled, from its `/metrics`.
 const HANDLED: &str = "roam_message_duration_seconds_count";
 
+/// The physics worker's scene of 1,000 cubes and `steps` steps of it.
+fn physics_messages(steps: usize) -> Vec<Vec<u8>> {
+    std::iter::once(physics_init(1000, 5))
+        .chain((0..steps).map(|_| physics_step(1)))
+        .collect()
+}
+
+/// The replies of `module` to `messages`, on a worker that never moves.
+fn unmoved_replies(module: &[u8], messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    runtime().block_on(async {
+        let mut twin = WorkerHandle::start(module, WorkerOptions::default()).unwrap();
+        let mut replies = Vec::new();
+        post_each(&mut twin, messages, &mut replies).await;
+        replies
+    })
+}
+
 /// Posts `messages` one at a time, waiting for each one's reply.
 async fn post_each(handle: &mut WorkerHandle, messages: &[Vec<u8>], replies: &mut Vec<Vec<u8>>) {
     for m in messages {
@@ -65,15 +82,10 @@ fn a_stop_and_copy_return_runs_the_messages_posted_meanwhile_here() {
     // posted all along.
     let (_link, options) = slow_link_to(&node);
     let physics = std::fs::read(worker("physics")).unwrap();
-    let messages: Vec<Vec<u8>> = std::iter::once(physics_init(1000, 5))
-        .chain((0..700).map(|_| physics_step(1)))
-        .collect();
-    let mut expected = Vec::new();
+    let messages = physics_messages(700);
+    let expected = unmoved_replies(&physics, &messages);
     let mut replies = Vec::new();
     runtime().block_on(async {
-        let mut twin = WorkerHandle::start(&physics, WorkerOptions::default()).unwrap();
-        post_each(&mut twin, &messages, &mut expected).await;
-
         let mut handle = WorkerHandle::start(&physics, options).unwrap();
         let mut rest = messages.iter().cloned();
         post_each(&mut handle, &[rest.next().unwrap()], &mut replies).await;
@@ -108,6 +120,63 @@ fn a_stop_and_copy_return_runs_the_messages_posted_meanwhile_here() {
         );
     });
     assert_eq!(replies.len(), messages.len(), "one reply per message");
+    assert!(
+        replies == expected,
+        "the replies differ from a worker that never moved"
+    );
+}
+
+#[test]
+fn the_messages_held_through_a_return_run_one_per_reply_asked_for_or_leave_with_the_worker() {
+    let node = Node::start("edge", None);
+    let (_link, options) = slow_link_to(&node);
+    let physics = std::fs::read(worker("physics")).unwrap();
+    let messages = physics_messages(8);
+    let held = messages.len() - 1;
+    let expected = unmoved_replies(&physics, &messages);
+    let mut replies = Vec::new();
+    runtime().block_on(async {
+        let mut handle = WorkerHandle::start(&physics, options).unwrap();
+        post_each(&mut handle, &messages[..1], &mut replies).await;
+        handle.move_to(Place::Node(node.url.clone())).await.unwrap();
+        // Stop-and-copy: the messages posted during the return wait here for the state.
+        handle
+            .begin_move_with(Place::Local, MoveMode::StopAndCopy)
+            .await
+            .unwrap();
+        for m in &messages[1..] {
+            handle.post(m.clone()).await.unwrap();
+        }
+        let report = handle.finish_move().await.unwrap().expect("a return");
+        assert_eq!(report.kind, MoveKind::Return);
+        assert_eq!(report.replayed, held as u64);
+        // The return ends once the state is in: what waited runs as the application asks
+        // for replies, so the first reply does not wait for the last message.
+        assert_eq!(handle.backlog(), held, "the held messages wait to run here");
+        assert!(handle.take_replies().is_empty());
+        for left in (held - 3..held).rev() {
+            let reply = handle.next_reply().await.unwrap().expect("a reply");
+            replies.push(reply.payload);
+            assert_eq!(
+                handle.backlog(),
+                left,
+                "one message runs per reply asked for"
+            );
+        }
+        // Offloaded again with messages still waiting here: they go to the node behind
+        // the state, and none runs twice or not at all.
+        let handled_before = metric(&node.url, HANDLED);
+        handle.move_to(Place::Node(node.url.clone())).await.unwrap();
+        assert_eq!(handle.backlog(), 0);
+        while let Some(reply) = handle.next_reply().await.unwrap() {
+            replies.push(reply.payload);
+        }
+        assert_eq!(
+            metric(&node.url, HANDLED) - handled_before,
+            (held - 3) as u64,
+            "the node handles the messages that waited on the device"
+        );
+    });
     assert!(
         replies == expected,
         "the replies differ from a worker that never moved"

@@ -10,11 +10,12 @@
 //! When the worker runs on a node, the handle also keeps a *recovery point*: the last
 //! snapshot of the worker it holds itself (taken when it offloaded the worker) and every
 //! message posted since. If the node dies — its connection breaks, or the cloud cannot
-//! reach it — the handle restores that snapshot locally and handles those messages again,
-//! delivering only the replies the application has not had yet, then carries on with what
-//! it was doing (a move continues from here). For a worker whose replies and state depend
-//! only on its messages, the application cannot tell. `docs/protocol.md` states the
-//! guarantee.
+//! reach it — the handle restores that snapshot locally and handles those messages again
+//! (one at a time as the application asks for replies: the *backlog*, which a return's
+//! held messages form too), delivering only the replies the application has not had yet,
+//! then carries on with what it was doing (a move continues from here). For a worker whose
+//! replies and state depend only on its messages, the application cannot tell.
+//! `docs/protocol.md` states the guarantee.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -222,6 +223,14 @@ pub struct WorkerHandle {
     resumed_at: Option<Instant>,
     /// Highest sequence number whose replies have all been delivered.
     delivered: u64,
+    /// While the worker runs here: messages it has still to handle, in order, ahead of any
+    /// posted later. A return or a recovery leaves here the messages its state had not
+    /// handled; they run one per [`pump`](Self::pump), so each reply reaches the
+    /// application as soon as it is made rather than with the last one, and a message
+    /// posted meanwhile joins them.
+    backlog: VecDeque<(u64, Vec<u8>)>,
+    /// While the worker runs here: the last message its state has handled.
+    here_through: u64,
     /// Replies already delivered of the message after `delivered` (its Handled not seen).
     partial: u32,
     replies: VecDeque<Reply>,
@@ -616,6 +625,8 @@ impl WorkerHandle {
             resumed_at: None,
             catching_up: None,
             delivered: 0,
+            backlog: VecDeque::new(),
+            here_through: 0,
             partial: 0,
             replies: VecDeque::new(),
             recovery: None,
@@ -695,6 +706,16 @@ impl WorkerHandle {
             self.recent_sizes.pop_front();
         }
         self.recent_sizes.push_back(payload.len() as u64);
+        if !self.backlog.is_empty()
+            && matches!(self.placement, Placement::Local(_))
+            && !self.moving()
+        {
+            // Its turn comes after the messages waiting to be handled here.
+            self.backlog.push_back((seq, payload.clone()));
+            self.log.push_back((seq, payload));
+            self.drive_checkpoint();
+            return Ok(seq);
+        }
         self.log.push_back((seq, payload));
         self.send_logged(seq).await?;
         self.drive_checkpoint();
@@ -726,8 +747,14 @@ impl WorkerHandle {
                 self.pump().await?;
             }
         }
-        // Waiting for room may have recovered the worker from a dead node, which handles
-        // every logged message, this one included.
+        // Waiting for room may have recovered the worker from a dead node, which queues
+        // every logged message to run here, this one included.
+        if matches!(self.placement, Placement::Local(_)) && !self.backlog.is_empty() {
+            Box::pin(self.drain_backlog()).await?;
+            if seq <= self.here_through {
+                return Ok(());
+            }
+        }
         let Some((_, payload)) = self.log.iter().find(|(s, _)| *s == seq) else {
             return Ok(());
         };
@@ -765,29 +792,8 @@ impl WorkerHandle {
         match &mut self.placement {
             Placement::Local(worker) => {
                 let started = Instant::now();
-                let replies: Vec<Vec<u8>> = worker
-                    .deliver(payload)
-                    .map_err(|e| ClientError::WorkerFailed {
-                        seq,
-                        reason: e.to_string(),
-                    })?
-                    .map(<[u8]>::to_vec)
-                    .collect();
-                let handler = started.elapsed();
-                let reply_bytes = replies.iter().map(|r| r.len() as u64).sum();
-                // A message handled here before, replayed into a state that came back
-                // without it (a node that caught up on it returned the worker before
-                // handling it): its replies were delivered then.
-                if seq > self.delivered {
-                    for payload in replies {
-                        self.replies.push_back(Reply { seq, payload });
-                    }
-                    self.observe(seq, None, Some(handler), reply_bytes);
-                }
-                self.handled_through(seq);
-                if self.catching_up.is_some() {
-                    Box::pin(self.forward_to_catch_up(seq)).await?;
-                }
+                let replies = run_here(worker, seq, payload)?;
+                self.handled_here(seq, replies, started.elapsed()).await?;
             }
             // Waiting for room may have ended a handoff, whose replay sent this one too.
             Placement::Remote(_)
@@ -822,6 +828,67 @@ impl WorkerHandle {
             }
         }
         Ok(())
+    }
+
+    /// Takes in the replies of message `seq`, just handled here in `handler`.
+    async fn handled_here(
+        &mut self,
+        seq: u64,
+        replies: Vec<Vec<u8>>,
+        handler: Duration,
+    ) -> Result<(), ClientError> {
+        self.here_through = seq;
+        // A message whose replies were delivered before, replayed into a state that came
+        // back without it (a node that caught up on it returned the worker before handling
+        // it, or a recovery point older than the replies): they are not delivered again,
+        // nor the first ones of a message whose Handled never came.
+        if seq > self.delivered {
+            let skip = if seq == self.delivered + 1 {
+                self.partial as usize
+            } else {
+                0
+            };
+            let reply_bytes = replies.iter().map(|r| r.len() as u64).sum();
+            for payload in replies.into_iter().skip(skip) {
+                self.replies.push_back(Reply { seq, payload });
+            }
+            self.observe(seq, None, Some(handler), reply_bytes);
+        }
+        self.handled_through(seq);
+        if self.catching_up.is_some() {
+            Box::pin(self.forward_to_catch_up(seq)).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles the first message of the [backlog](Self::backlog) here; false when there is
+    /// none.
+    async fn handle_backlog_one(&mut self) -> Result<bool, ClientError> {
+        let Placement::Local(worker) = &mut self.placement else {
+            return Ok(false);
+        };
+        let Some((seq, payload)) = self.backlog.pop_front() else {
+            return Ok(false);
+        };
+        let started = Instant::now();
+        let replies = run_here(worker, seq, &payload)?;
+        self.handled_here(seq, replies, started.elapsed()).await?;
+        Ok(true)
+    }
+
+    /// Handles every message of the backlog here.
+    async fn drain_backlog(&mut self) -> Result<(), ClientError> {
+        while self.handle_backlog_one().await? {}
+        Ok(())
+    }
+
+    /// How many messages wait to be handled here, after a return or a recovery brought the
+    /// worker back with messages its state had not handled. They run one per call of
+    /// [`next_reply`](Self::next_reply), [`next_reply_within`](Self::next_reply_within) or
+    /// [`drain`](Self::drain); while any wait, [`post`](Self::post) queues its message
+    /// behind them instead of handling it at once.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
     }
 
     /// While an offload may end by catching up (and until it has), the message after which
@@ -1114,7 +1181,10 @@ impl WorkerHandle {
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(None);
                 }
-                if matches!(self.placement, Placement::Local(_)) && !self.moving() {
+                if matches!(self.placement, Placement::Local(_))
+                    && !self.moving()
+                    && self.backlog.is_empty()
+                {
                     // Everything posted here was handled when posted.
                     return Ok(None);
                 }
@@ -1289,31 +1359,14 @@ impl WorkerHandle {
             recovery.snapshot.manifest.last_seq,
             recovery.messages.len()
         );
-        let mut worker = self
+        let worker = self
             .runtime
             .restore(&self.module, &recovery.snapshot)
             .map_err(|e| ClientError::Local(e.to_string()))?;
-        for (seq, payload) in &recovery.messages {
-            let replies: Vec<Vec<u8>> = worker
-                .deliver(payload)
-                .map_err(|e| ClientError::WorkerFailed {
-                    seq: *seq,
-                    reason: e.to_string(),
-                })?
-                .map(<[u8]>::to_vec)
-                .collect();
-            let skip = if *seq == self.delivered + 1 {
-                self.partial as usize
-            } else {
-                0
-            };
-            if *seq > self.delivered {
-                for payload in replies.into_iter().skip(skip) {
-                    self.replies.push_back(Reply { seq: *seq, payload });
-                }
-            }
-            self.handled_through(*seq);
-        }
+        // Every message since the recovery point runs again here, one by one as the
+        // application asks for replies; only the replies it has not had reach it.
+        self.here_through = recovery.snapshot.manifest.last_seq;
+        self.backlog = recovery.messages;
         self.placement = Placement::Local(Box::new(worker));
         self.in_flight = 0;
         self.sent_through = self.delivered;
@@ -1324,6 +1377,12 @@ impl WorkerHandle {
     /// Reads one frame from the node and takes in what it says about messages; if the node
     /// is gone, recovers the worker locally.
     async fn pump(&mut self) -> Result<Option<Frame>, ClientError> {
+        if self.offloading.is_none()
+            && self.catching_up.is_none()
+            && Box::pin(self.handle_backlog_one()).await?
+        {
+            return Ok(None);
+        }
         if self.offloading.is_some() {
             Box::pin(self.pump_offload()).await?;
             return Ok(None);
@@ -1570,7 +1629,9 @@ impl WorkerHandle {
                     MoveMode::PreCopy => self.options.precopy_rounds,
                     MoveMode::StopAndCopy | MoveMode::CatchUp => 0,
                 };
-                self.begin_offload(url, rounds, mode == MoveMode::CatchUp)
+                let url = url.clone();
+                self.begin_offload_settled(&url, rounds, mode == MoveMode::CatchUp)
+                    .await
             }
             _ => {
                 let result = self.move_to(to).await;
@@ -1690,7 +1751,8 @@ impl WorkerHandle {
     /// Local → node: the state goes out in pre-copy rounds (module only if the node lacks
     /// it); returns the bytes through the client and the messages replayed at the node.
     async fn offload(&mut self, url: &str) -> Result<(u64, u64), ClientError> {
-        self.begin_offload(url, self.options.precopy_rounds, false)?;
+        self.begin_offload_settled(url, self.options.precopy_rounds, false)
+            .await?;
         while self.offloading.is_some() || self.catching_up.is_some() {
             self.pump().await?;
         }
@@ -1699,6 +1761,36 @@ impl WorkerHandle {
             .take()
             .expect("an offload reports its outcome")?;
         Ok((report.client_bytes, report.replayed))
+    }
+
+    /// [`begin_offload`](Self::begin_offload) once the [backlog](Self::backlog) is settled.
+    /// Its messages whose replies were delivered (a recovery's, which only bring the state
+    /// up to date) run here first. The others go to the node behind the state, as every
+    /// message posted while the worker is paused does: the offload then pauses the worker
+    /// from the start, so that no message runs here before them.
+    async fn begin_offload_settled(
+        &mut self,
+        url: &str,
+        max_rounds: u32,
+        catch_up: bool,
+    ) -> Result<(), ClientError> {
+        while self
+            .backlog
+            .front()
+            .is_some_and(|(seq, _)| *seq <= self.delivered)
+        {
+            self.handle_backlog_one().await?;
+        }
+        if self.backlog.is_empty() {
+            return self.begin_offload(url, max_rounds, catch_up);
+        }
+        tracing::debug!(
+            waiting = self.backlog.len(),
+            "the messages waiting to run here go to the node behind the state"
+        );
+        // They stay in the log, after the state's last message.
+        self.backlog.clear();
+        self.begin_offload(url, 0, false)
     }
 
     /// Captures the whole worker (round 0) and starts the task that sends it to `url`;
@@ -2488,6 +2580,17 @@ impl WorkerHandle {
             self.remake_lost_replies(last_seq);
         }
         self.handled_through(last_seq);
+        if matches!(self.placement, Placement::Local(_)) {
+            // They run here one by one as the application asks for replies.
+            self.here_through = last_seq;
+            self.backlog = self
+                .log
+                .iter()
+                .filter(|(s, _)| *s > last_seq)
+                .cloned()
+                .collect();
+            return Ok(self.backlog.len() as u64);
+        }
         let seqs: Vec<u64> = self.log.iter().map(|(s, _)| *s).collect();
         for &seq in &seqs {
             self.send_logged(seq).await?;
@@ -2747,6 +2850,18 @@ struct StateSource {
     worker: WorkerId,
     secret: [u8; 32],
     module_hash: [u8; 32],
+}
+
+/// Runs message `seq` in `worker`; its replies.
+fn run_here(worker: &mut Worker, seq: u64, payload: &[u8]) -> Result<Vec<Vec<u8>>, ClientError> {
+    Ok(worker
+        .deliver(payload)
+        .map_err(|e| ClientError::WorkerFailed {
+            seq,
+            reason: e.to_string(),
+        })?
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 /// Asks the node of `from`, on a connection of its own, for the worker's state

@@ -228,7 +228,8 @@ async fn drive(
         let posted = match due_post.filter(|d| *d <= now) {
             Some(due) => {
                 let here = name_of(&handle.place());
-                let local = here == "local" && !handle.moving();
+                // A post here runs the handler, unless messages a return left wait first.
+                let local = here == "local" && !handle.moving() && handle.backlog() == 0;
                 let started = Instant::now();
                 let seq = handle.post(message(samples.len())).await.context("post")?;
                 if local {
