@@ -1,12 +1,14 @@
 //! Large messages posted while a worker leaves its node wait for the destination instead
 //! of crossing the uplink to a source that has stopped taking messages — and are handled
-//! exactly once wherever the worker ends up, when the move succeeds and when it fails.
+//! exactly once wherever the worker ends up, when the move succeeds and when it fails. A
+//! fallback to the cloud sends the messages its lost node did not answer ahead of the
+//! worker, while the cloud fetches it.
 
 mod support;
 
 use roam_cli::workloads::counter_expected;
 use roam_client::{MoveKind, Place, WorkerHandle, WorkerOptions};
-use support::{metric, runtime, worker, Node};
+use support::{metric, relayed, runtime, slow_link_to, worker, Node};
 
 /// Frame bytes node `url` has received.
 fn bytes_in(url: &str) -> u64 {
@@ -172,5 +174,50 @@ fn large_messages_posted_during_a_slow_handoff_go_ahead_to_the_destination() {
     assert!(
         ahead >= 3,
         "B was sent {ahead} messages ahead of the worker; the 18 posted during the move waited"
+    );
+}
+
+#[test]
+fn messages_unanswered_at_a_fallback_go_ahead_to_the_cloud() {
+    let cloud = Node::start("cloud", None);
+    let b = Node::start("edge", Some(&cloud.url));
+    let (link, options) = slow_link_to(&b);
+    let messages: Vec<Vec<u8>> = (0..12).map(message).collect();
+    let replies = runtime().block_on(async {
+        let mut handle = WorkerHandle::start(&counter(), options).unwrap();
+        let mut replies = Vec::new();
+        handle.move_to(Place::Node(b.url.clone())).await.unwrap();
+        for m in &messages[..6] {
+            handle.post(m.clone()).await.unwrap();
+        }
+        while let Some(r) = handle.next_reply().await.unwrap() {
+            replies.push(r.payload);
+        }
+        // Message 6 is 600 KiB, half a second at 10 Mbit/s: the device loses B before
+        // it and the two after it are answered.
+        for m in &messages[6..9] {
+            handle.post(m.clone()).await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        link.set_down(true);
+        let report = handle
+            .move_to(relayed(&cloud, &cloud))
+            .await
+            .unwrap()
+            .expect("a fallback");
+        assert_eq!(report.kind, MoveKind::Fallback);
+        for m in &messages[9..] {
+            handle.post(m.clone()).await.unwrap();
+        }
+        while let Some(r) = handle.next_reply().await.unwrap() {
+            replies.push(r.payload);
+        }
+        replies
+    });
+    assert_eq!(replies, counter_expected(&messages));
+    assert_eq!(
+        metric(&cloud.url, "roam_messages_ahead_total"),
+        3,
+        "the cloud held the three unanswered messages until the worker arrived"
     );
 }

@@ -587,6 +587,26 @@ async fn open_destination(
     Ok((conn, budget))
 }
 
+/// A fallback's connection for the messages that go to the cloud ahead of the worker.
+enum Ahead {
+    /// Opening, and asking the cloud to hold the worker's messages (Expect).
+    Opening(AbortOnDrop<Result<(Connection, u64), ClientError>>),
+    /// Writing the messages (the first and last sent); gives the connection back once done.
+    Sending {
+        writer: AbortOnDrop<Result<Connection, ClientError>>,
+        sent: (u64, u64),
+    },
+}
+
+/// A task that stops when its handle is dropped: a move that fails leaves none behind.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The last snapshot of the worker this client holds, and every message posted since.
 struct Recovery {
     snapshot: Snapshot,
@@ -2163,6 +2183,18 @@ impl WorkerHandle {
 
     /// Node A → node B through the cloud: the cloud fetches the state from A.
     async fn fallback(&mut self, cloud: &str, to: &str) -> Result<(u64, u64), ClientError> {
+        // A worker that falls back to the cloud gets there the messages A did not answer
+        // while the cloud fetches it, on a connection of their own: a picture's upload
+        // then overlaps the move instead of following it.
+        let unanswered = self.log.iter().any(|(seq, _)| *seq > self.delivered);
+        let mut ahead = (to == cloud && unanswered).then(|| {
+            Ahead::Opening(AbortOnDrop(tokio::spawn(open_destination(
+                cloud.to_string(),
+                self.options.clone(),
+                self.id,
+                self.secret,
+            ))))
+        });
         // The client gives up on A: what A handled, the state the cloud fetches includes;
         // what it did not, is replayed at the destination. Wait for the replies in flight
         // while A still answers, so none is lost with the connection.
@@ -2205,7 +2237,17 @@ impl WorkerHandle {
         };
         relay.send(&pull).await?;
         let last_seq = loop {
-            match relay.recv().await {
+            let received = match &mut ahead {
+                Some(Ahead::Opening(opening)) => tokio::select! {
+                    received = relay.recv() => received,
+                    opened = &mut opening.0 => {
+                        ahead = self.send_ahead_of_fallback(opened);
+                        continue;
+                    }
+                },
+                _ => relay.recv().await,
+            };
+            match received {
                 Ok(Frame::Moved { last_seq, .. }) => break last_seq,
                 // The replies the source kept of the messages after the last one delivered
                 // here (PullSince), in order: those that follow on are delivered now.
@@ -2225,8 +2267,31 @@ impl WorkerHandle {
                 Err(e) => return Err(e),
             }
         };
-        // A worker that stays in the cloud is attached on the connection that asked for
-        // it: a new one would cost the device ↔ cloud round trips of its set-up again.
+        // A worker that stays in the cloud is attached on the connection that carried the
+        // messages ahead of it, else on the one that asked for it: a new one would cost the
+        // device ↔ cloud round trips of its set-up again.
+        // The messages sent ahead that A had handled after all are dropped by the cloud:
+        // when A handled them all, their upload stops, and the worker stays on the
+        // connection that asked for it.
+        let ahead = ahead.filter(|a| match a {
+            Ahead::Sending { sent, .. } => sent.1 > last_seq,
+            Ahead::Opening(_) => false,
+        });
+        if let Some(Ahead::Sending { mut writer, sent }) = ahead {
+            let moved_at = Instant::now();
+            let relay_bytes = relay.bytes_in + relay.bytes_out;
+            relay.close().await;
+            // Once the messages are written (their upload is the application's traffic,
+            // not the move's).
+            let conn = match (&mut writer.0).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(ClientError::State(format!("the upload ahead stopped: {e}"))),
+            };
+            let (bytes, replayed) = self.attach_on(conn, last_seq, Some(sent)).await?;
+            self.resumed_at = Some(moved_at);
+            return Ok((spent + relay_bytes + bytes, replayed));
+        }
         if to == cloud {
             let (bytes, replayed) = self.attach_on(relay, last_seq, None).await?;
             return Ok((spent + bytes, replayed));
@@ -2235,6 +2300,61 @@ impl WorkerHandle {
         relay.close().await;
         let (bytes, replayed) = self.attach(to, last_seq).await?;
         Ok((spent + relay_bytes + bytes, replayed))
+    }
+
+    /// During a fallback to the cloud, once the connection for the messages ahead is open:
+    /// sends it every logged message A did not answer, in order, within the budget the
+    /// cloud granted, from a task of its own. `None` when there is nothing to send (or the
+    /// connection failed): the replay sends them after the move, as before.
+    fn send_ahead_of_fallback(
+        &mut self,
+        opened: Result<Result<(Connection, u64), ClientError>, tokio::task::JoinError>,
+    ) -> Option<Ahead> {
+        let (conn, budget) = match opened {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => {
+                tracing::debug!("no messages ahead of the fallback: {e}");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let mut frames = Vec::new();
+        let mut bytes = 0u64;
+        for (seq, payload) in self.log.iter().filter(|(s, _)| *s > self.delivered) {
+            if bytes + payload.len() as u64 > budget {
+                break;
+            }
+            bytes += payload.len() as u64;
+            frames.push((
+                *seq,
+                Frame::Post {
+                    worker: self.id,
+                    seq: *seq,
+                    payload: payload.clone(),
+                },
+            ));
+        }
+        let (Some((first, _)), Some((last, _))) = (frames.first(), frames.last()) else {
+            return None;
+        };
+        let sent = (*first, *last);
+        tracing::debug!(
+            first = sent.0,
+            last = sent.1,
+            bytes,
+            "the cloud holds the messages A did not answer until the worker arrives"
+        );
+        let writer = tokio::spawn(async move {
+            let mut conn = conn;
+            for (_, frame) in &frames {
+                conn.send(frame).await?;
+            }
+            Ok(conn)
+        });
+        Some(Ahead::Sending {
+            writer: AbortOnDrop(writer),
+            sent,
+        })
     }
 
     /// Node → local: the node sends the state back; the worker resumes here.

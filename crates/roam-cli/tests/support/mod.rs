@@ -213,3 +213,12 @@ pub fn slow_link_to(node: &Node) -> (roam_link::Link, roam_client::WorkerOptions
     };
     (link, options)
 }
+
+/// Where a fallback through `cloud` takes the worker: to `to`, which fetches it from the
+/// node the device lost.
+pub fn relayed(cloud: &Node, to: &Node) -> roam_client::Place {
+    roam_client::Place::Relay {
+        cloud: cloud.url.clone(),
+        to: to.url.clone(),
+    }
+}
