@@ -229,8 +229,6 @@ pub struct WorkerHandle {
     /// application as soon as it is made rather than with the last one, and a message
     /// posted meanwhile joins them.
     backlog: VecDeque<(u64, Vec<u8>)>,
-    /// While the worker runs here: the last message its state has handled.
-    here_through: u64,
     /// Replies already delivered of the message after `delivered` (its Handled not seen).
     partial: u32,
     replies: VecDeque<Reply>,
@@ -646,7 +644,6 @@ impl WorkerHandle {
             catching_up: None,
             delivered: 0,
             backlog: VecDeque::new(),
-            here_through: 0,
             partial: 0,
             replies: VecDeque::new(),
             recovery: None,
@@ -770,8 +767,9 @@ impl WorkerHandle {
         // Waiting for room may have recovered the worker from a dead node, which queues
         // every logged message to run here, this one included.
         if matches!(self.placement, Placement::Local(_)) && !self.backlog.is_empty() {
+            let queued = self.backlog.iter().any(|(s, _)| *s == seq);
             Box::pin(self.drain_backlog()).await?;
-            if seq <= self.here_through {
+            if queued {
                 return Ok(());
             }
         }
@@ -857,7 +855,6 @@ impl WorkerHandle {
         replies: Vec<Vec<u8>>,
         handler: Duration,
     ) -> Result<(), ClientError> {
-        self.here_through = seq;
         // A message whose replies were delivered before, replayed into a state that came
         // back without it (a node that caught up on it returned the worker before handling
         // it, or a recovery point older than the replies): they are not delivered again,
@@ -1385,7 +1382,6 @@ impl WorkerHandle {
             .map_err(|e| ClientError::Local(e.to_string()))?;
         // Every message since the recovery point runs again here, one by one as the
         // application asks for replies; only the replies it has not had reach it.
-        self.here_through = recovery.snapshot.manifest.last_seq;
         self.backlog = recovery.messages;
         self.placement = Placement::Local(Box::new(worker));
         self.in_flight = 0;
@@ -2702,7 +2698,6 @@ impl WorkerHandle {
         self.handled_through(last_seq);
         if matches!(self.placement, Placement::Local(_)) {
             // They run here one by one as the application asks for replies.
-            self.here_through = last_seq;
             self.backlog = self
                 .log
                 .iter()
